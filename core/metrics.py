@@ -1,0 +1,73 @@
+"""Prometheus metrics of one process, on a registry of its own (tests run many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+_LAG_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_TURN_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
+
+
+class Metrics:
+    """All the series Duet exports, created once per process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ingest_lag = Histogram(
+            "duet_ingest_lag_seconds", "Event timestamp to retrievable.", buckets=_LAG_BUCKETS_S,
+            registry=r,
+        )
+        self.ingest_events = Counter(
+            "duet_ingest_events_total", "Document events handled, by outcome.", ["outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "duet_dead_letters_total", "Events sent to the dead-letter subject.", registry=r
+        )
+        self.stale_discarded = Counter(
+            "duet_stale_versions_discarded_total", "Events older than the applied version.",
+            registry=r,
+        )
+        self.chunks_embedded = Counter(
+            "duet_chunks_embedded_total", "Chunks embedded by the ingest worker.", registry=r
+        )
+        self.consumer_pending = Gauge(
+            "duet_consumer_pending", "Events in the stream not yet delivered to the worker.",
+            registry=r,
+        )
+        self.collection_chunks = Gauge(
+            "duet_collection_chunks", "Chunks per collection.", ["tier"], registry=r
+        )
+        self.as_of_age = Gauge(
+            "duet_as_of_age_seconds", "Age of the newest applied event.", registry=r
+        )
+        self.aged_documents = Counter(
+            "duet_aged_documents_total", "Documents moved from hot to cold.", registry=r
+        )
+        self.query_latency = Histogram(
+            "duet_kb_query_seconds", "Knowledge-base query latency (hot+cold).",
+            buckets=_TURN_BUCKETS_S, registry=r,
+        )
+        self.turn_latency = Histogram(
+            "duet_turn_seconds", "Turn latencies by phase.", ["phase"], buckets=_TURN_BUCKETS_S,
+            registry=r,
+        )
+        self.turns = Counter("duet_turns_total", "Turns by outcome.", ["outcome"], registry=r)
+        self.escalations = Counter(
+            "duet_escalations_total", "Conversations escalated, by reason.", ["reason"],
+            registry=r,
+        )
+        self.prefetch = Counter(
+            "duet_prefetch_total", "Prefetch cache lookups by result.", ["result"], registry=r
+        )
+        self.errors = Counter(
+            "duet_client_errors_total", "Error events sent to clients, by code.", ["code"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every series."""
+        return generate_latest(self.registry)

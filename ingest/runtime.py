@@ -1,0 +1,120 @@
+"""Assembling the knowledge base of one process from :class:`Settings`.
+
+``KnowledgeRuntime`` connects to NATS, makes sure the stream and the registry bucket
+exist, opens the Chroma store and the embedding model, and (optionally) runs the ingest
+worker as a task it owns. The gateway and ``duet ingest-worker`` both use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+
+from nats.aio.client import Client as NATS
+
+from core.metrics import Metrics
+from core.natsd import connect
+from core.settings import CONFIGS_DIR, Settings
+from ingest.aging import AgingJob
+from ingest.applier import Applier
+from ingest.embeddings import Embedder, OnnxEmbedder
+from ingest.freshness import FreshnessProfiles
+from ingest.kb import KnowledgeBase
+from ingest.registry import Registry
+from ingest.store import ChromaStore, VectorStore
+from ingest.worker import IngestWorker, ensure_stream
+
+__all__ = ["KnowledgeRuntime", "build_embedder"]
+
+log = logging.getLogger("duet.ingest")
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    """The configured embedding model (default: the bundled all-MiniLM-L6-v2)."""
+    return OnnxEmbedder(settings.embedding_model, settings.embedding_tokenizer,
+                        threads=settings.embedding_threads,
+                        max_tokens=settings.embedding_max_tokens)
+
+
+class KnowledgeRuntime:
+    """NATS, registry, store, embedder, query API and (optionally) the worker, as one unit."""
+
+    def __init__(self, settings: Settings, nats_url: str, *, metrics: Metrics,
+                 run_worker: bool, embedder: Embedder | None = None,
+                 store: VectorStore | None = None) -> None:
+        self.settings = settings
+        self.nats_url = nats_url
+        self.metrics = metrics
+        self.run_worker = run_worker
+        self._embedder = embedder
+        self._store = store
+        self.nc: NATS | None = None
+        self.registry: Registry | None = None
+        self.kb: KnowledgeBase | None = None
+        self.worker: IngestWorker | None = None
+        self._as_of: datetime | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def as_of(self) -> datetime | None:
+        """Newest applied event, from the in-process worker or the registry watch."""
+        if self.worker is not None and self.worker.as_of is not None:
+            return self.worker.as_of
+        return self._as_of
+
+    @property
+    def worker_alive(self) -> bool:
+        """Whether the in-process worker task is running."""
+        return any(t.get_name() == "ingest-worker" and not t.done() for t in self._tasks)
+
+    async def __aenter__(self) -> KnowledgeRuntime:
+        s = self.settings
+        self.nc = await connect(self.nats_url, name="duet")
+        js = self.nc.jetstream()
+        await ensure_stream(js, s)
+        self.registry = await Registry.open(js, s.registry_bucket,
+                                            max_value_bytes=2 * s.max_content_bytes + 65536)
+        self._as_of = await self.registry.as_of()
+        embedder = self._embedder or await asyncio.to_thread(build_embedder, s)
+        store = self._store or await asyncio.to_thread(
+            lambda: ChromaStore(path=None if s.chroma_url else s.chroma_dir, url=s.chroma_url,
+                                prefix=s.collection_prefix))
+        profiles = FreshnessProfiles.load(CONFIGS_DIR / "freshness.yaml")
+        self.kb = KnowledgeBase(store, embedder, profiles, as_of=lambda: self.as_of,
+                                metrics=self.metrics)
+        self._tasks.append(asyncio.create_task(self._watch_as_of(), name="as-of-watch"))
+        if self.run_worker:
+            applier = Applier(store, embedder, self.registry,
+                              min_content_chars=s.min_content_chars, metrics=self.metrics)
+            aging = AgingJob(store, self.registry, s.hot_max_age, metrics=self.metrics)
+            self.worker = IngestWorker(self.nc, s, applier, store, self.registry, self.metrics,
+                                       aging=aging)
+            task = asyncio.create_task(self.worker.run(), name="ingest-worker")
+            self._tasks.append(task)
+            ready = asyncio.create_task(self.worker.ready.wait())
+            await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            if task.done():
+                task.result()  # re-raise why the worker could not start
+        return self
+
+    async def _watch_as_of(self) -> None:
+        assert self.registry is not None
+        watcher = await self.registry.watch_as_of()
+        async for entry in watcher:
+            if entry is not None and entry.value:
+                with contextlib.suppress(ValueError):
+                    self._as_of = datetime.fromisoformat(entry.value.decode())
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()

@@ -1,0 +1,214 @@
+"""The vector store: a hot and a cold collection behind one small interface.
+
+Hot holds new and recently updated documents and is tuned for writes (small graph,
+cheap inserts); cold holds stable documents and is tuned for recall. Every call blocks:
+callers run them off the event loop. Embeddings are always passed in: a collection is
+created with no embedding function, so Chroma never falls back to its downloading default.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import chromadb
+import numpy as np
+
+from core.errors import DependencyError
+
+__all__ = ["ChromaStore", "StoredChunk", "Tier", "VectorHit", "VectorStore"]
+
+log = logging.getLogger("duet.ingest")
+
+
+class Tier(StrEnum):
+    """The two collections."""
+
+    hot = "hot"
+    cold = "cold"
+
+
+#: HNSW settings: hot favours cheap writes, cold favours recall.
+HNSW = {
+    Tier.hot: {"space": "cosine", "ef_construction": 64, "max_neighbors": 12, "ef_search": 64,
+               "sync_threshold": 256, "batch_size": 64},
+    Tier.cold: {"space": "cosine", "ef_construction": 200, "max_neighbors": 32,
+                "ef_search": 128, "sync_threshold": 1000, "batch_size": 256},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunk:
+    """A chunk as stored: id, text, metadata and (when asked for) its vector."""
+
+    chunk_id: str
+    text: str
+    metadata: dict[str, Any]
+    embedding: np.ndarray | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VectorHit:
+    """One nearest-neighbour result."""
+
+    chunk_id: str
+    tier: Tier
+    similarity: float
+    text: str
+    metadata: dict[str, Any]
+
+
+class VectorStore(Protocol):
+    """What the knowledge base needs of a vector database (blocking calls)."""
+
+    def upsert(self, tier: Tier, chunks: list[StoredChunk]) -> None:
+        """Insert or replace chunks (embedding required); idempotent by chunk id."""
+        ...
+
+    def update_metadata(self, tier: Tier, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
+        """Replace the metadata of existing chunks, keeping their vectors."""
+        ...
+
+    def delete(self, tier: Tier, ids: list[str]) -> None:
+        """Remove chunks; unknown ids are ignored."""
+        ...
+
+    def get(self, tier: Tier, ids: list[str], *, embeddings: bool = False) -> list[StoredChunk]:
+        """The chunks of these ids that exist."""
+        ...
+
+    def query(self, tier: Tier, vector: np.ndarray, n: int,
+              where: dict[str, Any] | None = None) -> list[VectorHit]:
+        """The ``n`` nearest chunks, most similar first."""
+        ...
+
+    def count(self, tier: Tier) -> int:
+        """How many chunks the collection holds."""
+        ...
+
+    def all_ids(self, tier: Tier) -> list[str]:
+        """Every chunk id in the collection (for audits and tests)."""
+        ...
+
+    def by_documents(self, tier: Tier, doc_ids: list[str]) -> list[StoredChunk]:
+        """Every chunk of these documents (prefetching, moves between tiers)."""
+        ...
+
+    def docs_changed_before(self, tier: Tier, cutoff_ts: float) -> set[str]:
+        """Ids of documents with a chunk whose ``updated_at`` is before ``cutoff_ts``."""
+        ...
+
+
+class ChromaStore:
+    """:class:`VectorStore` on Chroma: embedded (a directory) or a Chroma server (a URL)."""
+
+    def __init__(self, *, path: Path | None = None, url: str | None = None,
+                 prefix: str = "duet") -> None:
+        settings = chromadb.Settings(anonymized_telemetry=False, allow_reset=False)
+        try:
+            if url:
+                parsed = urlparse(url)
+                self._client = chromadb.HttpClient(
+                    host=parsed.hostname or "127.0.0.1", port=parsed.port or 8000,
+                    ssl=parsed.scheme == "https", settings=settings,
+                )
+            elif path is not None:
+                path.mkdir(parents=True, exist_ok=True)
+                self._client = chromadb.PersistentClient(path=str(path), settings=settings)
+            else:
+                raise ValueError("ChromaStore needs a path or a url")
+            self._collections = {
+                tier: self._client.get_or_create_collection(
+                    f"{prefix}_{tier.value}", embedding_function=None,
+                    configuration={"hnsw": HNSW[tier]},
+                )
+                for tier in Tier
+            }
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise DependencyError(f"cannot open Chroma ({url or path}): {exc}") from exc
+        # Chroma's embedded writer is single-threaded; serialise writes, let reads run.
+        self._write_lock = threading.Lock()
+
+    def upsert(self, tier: Tier, chunks: list[StoredChunk]) -> None:
+        if not chunks:
+            return
+        with self._write_lock:
+            self._collections[tier].upsert(
+                ids=[c.chunk_id for c in chunks],
+                embeddings=np.stack([c.embedding for c in chunks]),
+                documents=[c.text for c in chunks],
+                metadatas=[c.metadata for c in chunks],
+            )
+
+    def update_metadata(self, tier: Tier, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
+        if not ids:
+            return
+        with self._write_lock:
+            self._collections[tier].update(ids=ids, metadatas=metadatas)
+
+    def delete(self, tier: Tier, ids: list[str]) -> None:
+        if not ids:
+            return
+        with self._write_lock:
+            self._collections[tier].delete(ids=ids)
+
+    def get(self, tier: Tier, ids: list[str], *, embeddings: bool = False) -> list[StoredChunk]:
+        if not ids:
+            return []
+        include = ["documents", "metadatas"] + (["embeddings"] if embeddings else [])
+        got = self._collections[tier].get(ids=ids, include=include)
+        vectors = got.get("embeddings") if embeddings else None
+        return [
+            StoredChunk(
+                chunk_id=cid, text=got["documents"][i] or "", metadata=dict(got["metadatas"][i]),
+                embedding=np.asarray(vectors[i], dtype=np.float32) if vectors is not None else None,
+            )
+            for i, cid in enumerate(got["ids"])
+        ]
+
+    def query(self, tier: Tier, vector: np.ndarray, n: int,
+              where: dict[str, Any] | None = None) -> list[VectorHit]:
+        collection = self._collections[tier]
+        res = collection.query(
+            query_embeddings=[np.asarray(vector, dtype=np.float32)], n_results=n, where=where,
+            include=["documents", "metadatas", "distances"],
+        )
+        return [
+            VectorHit(chunk_id=cid, tier=tier, similarity=1.0 - float(dist),
+                      text=doc or "", metadata=dict(meta))
+            for cid, dist, doc, meta in zip(
+                res["ids"][0], res["distances"][0], res["documents"][0], res["metadatas"][0],
+                strict=True,
+            )
+        ]
+
+    def count(self, tier: Tier) -> int:
+        return self._collections[tier].count()
+
+    def all_ids(self, tier: Tier) -> list[str]:
+        return list(self._collections[tier].get(include=[])["ids"])
+
+    def docs_changed_before(self, tier: Tier, cutoff_ts: float) -> set[str]:
+        got = self._collections[tier].get(
+            where={"updated_at": {"$lt": cutoff_ts}}, include=["metadatas"]
+        )
+        return {str(m["doc_id"]) for m in got["metadatas"]}
+
+    def by_documents(self, tier: Tier, doc_ids: list[str]) -> list[StoredChunk]:
+        if not doc_ids:
+            return []
+        got = self._collections[tier].get(
+            where={"doc_id": {"$in": list(doc_ids)}}, include=["documents", "metadatas"]
+        )
+        return [
+            StoredChunk(chunk_id=cid, text=got["documents"][i] or "",
+                        metadata=dict(got["metadatas"][i]))
+            for i, cid in enumerate(got["ids"])
+        ]
