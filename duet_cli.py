@@ -57,7 +57,7 @@ async def _worker_main() -> int:
 
 def _load(args: argparse.Namespace) -> int:
     from core.errors import DependencyError
-    from core.natsd import connect, resolve_nats_url
+    from core.natsd import close_nats, connect, resolve_nats_url
     from ingest.loader import load_directory
 
     settings = _settings()
@@ -71,7 +71,7 @@ def _load(args: argparse.Namespace) -> int:
             acl = [g.strip() for g in args.acl.split(",") if g.strip()]
             count = await load_directory(nc, Path(args.directory), source=args.source, acl=acl)
         finally:
-            await nc.drain()
+            await close_nats(nc)
         print(f"published {count} documents from {args.directory}")
         return 0
 

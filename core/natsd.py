@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 
 from core.errors import DependencyError
 
-__all__ = ["EmbeddedNats", "connect", "free_port", "nats_server_binary", "resolve_nats_url"]
+__all__ = ["EmbeddedNats", "close_nats", "connect", "free_port", "nats_server_binary", "resolve_nats_url"]
 
 log = logging.getLogger("duet.nats")
 
@@ -62,14 +62,17 @@ class EmbeddedNats:
             "-js", "-sd", str(self.store_dir),
         ]
         log.info("starting embedded nats-server", extra={"url": self.url})
-        self._proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-        )
+        # The server's log goes to a file: an unread pipe would fill up and stall it.
+        self.log_path = self.store_dir / "nats-server.log"
+        with self.log_path.open("ab") as log_file:
+            self._proc = subprocess.Popen(
+                cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
             if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                err = self.log_path.read_text(errors="replace")
                 raise DependencyError(f"nats-server exited at start: {err[-500:]}", retryable=False)
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -120,3 +123,12 @@ async def connect(url: str, *, name: str) -> NATS:
         )
     except Exception as exc:  # nats raises several unrelated types here
         raise DependencyError(f"cannot connect to NATS at {url}: {exc}") from exc
+
+
+async def close_nats(nc: NATS, *, timeout_s: float = 5.0) -> None:
+    """Drain (flush what is pending, then close); close outright if draining stalls."""
+    try:
+        await asyncio.wait_for(nc.drain(), timeout_s)
+    except Exception:  # noqa: BLE001 - any failure here ends in a plain close
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), timeout_s)

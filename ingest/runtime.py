@@ -15,7 +15,7 @@ from datetime import datetime
 from nats.aio.client import Client as NATS
 
 from core.metrics import Metrics
-from core.natsd import connect
+from core.natsd import close_nats, connect
 from core.settings import CONFIGS_DIR, Settings
 from ingest.aging import AgingJob
 from ingest.applier import Applier
@@ -109,12 +109,23 @@ class KnowledgeRuntime:
                     self._as_of = datetime.fromisoformat(entry.value.decode())
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.worker is not None:
+            self.worker.stop()
         for task in self._tasks:
-            task.cancel()
+            if task.get_name() != "ingest-worker":
+                task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await _finish(task, timeout_s=5.0)
         self._tasks.clear()
         if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
+            await close_nats(self.nc)
+
+
+async def _finish(task: asyncio.Task[None], *, timeout_s: float) -> None:
+    """Wait for a task to end, cancelling it (again, if need be) after ``timeout_s``."""
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    while not done:
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=1.0)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s failed", task.get_name(), exc_info=task.exception())

@@ -80,6 +80,14 @@ class IngestWorker:
         self.aging = aging
         self.ready = asyncio.Event()
         self.as_of: datetime | None = None
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Finish the event in hand and the current fetch, then return from :meth:`run`.
+
+        (nats-py's ``fetch`` can swallow a cancellation, so the loop checks a flag.)
+        """
+        self._stopping.set()
 
     async def run(self) -> None:
         """Consume until cancelled; the pull subscription is drained on the way out."""
@@ -97,7 +105,7 @@ class IngestWorker:
         next_aging = 0.0
         next_stats = 0.0
         try:
-            while True:
+            while not self._stopping.is_set():
                 now = time.monotonic()
                 if self.aging is not None and now >= next_aging:
                     await self._age()

@@ -1,0 +1,1 @@
+"""Configuration data: intents, journeys, freshness profiles, the sample knowledge base."""
