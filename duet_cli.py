@@ -59,6 +59,7 @@ def _load(args: argparse.Namespace) -> int:
     from core.errors import DependencyError
     from core.natsd import close_nats, connect, resolve_nats_url
     from ingest.loader import load_directory
+    from ingest.worker import ensure_stream
 
     settings = _settings()
     url = resolve_nats_url(settings.nats_url, settings.data_dir)
@@ -68,6 +69,7 @@ def _load(args: argparse.Namespace) -> int:
     async def run() -> int:
         nc = await connect(url, name="duet-load")
         try:
+            await ensure_stream(nc.jetstream(), settings)
             acl = [g.strip() for g in args.acl.split(",") if g.strip()]
             count = await load_directory(nc, Path(args.directory), source=args.source, acl=acl)
         finally:

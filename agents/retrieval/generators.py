@@ -9,7 +9,7 @@ sections that best match the question, in their original order. A sentence score
 embedding similarity to the question (all candidate sentences embedded in one batch and
 cached per chunk), plus keyword overlap, plus how well its whole section scored, a
 bonus for the top document and, for a "how do I" question, a bonus for steps ("Press
-and hold …"); it reads at most three sections (two per document) so the
+and hold …") — such a question always gets the first step of the best section; it reads at most three sections (two per document) so the
 first piece of an answer is not held up by embedding a whole article. An OpenAI-compatible model (:mod:`agents.retrieval.llm`) is used instead when
 ``DUET_LLM_BASE_URL`` is set.
 """
@@ -88,7 +88,7 @@ class ExtractiveGenerator:
     def __init__(self, embedder: Embedder | None = None, *, min_sentences: int = 2,
                  max_sentences: int = 4,
                  keyword_weight: float = 0.25, section_weight: float = 0.15,
-                 top_doc_bonus: float = 0.05, instruction_bonus: float = 0.15,
+                 top_doc_bonus: float = 0.05, instruction_bonus: float = 0.1,
                  window: float = 0.15, max_chunks: int = 3,
                  max_chunks_per_doc: int = 2, cache_size: int = 4096) -> None:
         self._embedder = embedder
@@ -121,7 +121,9 @@ class ExtractiveGenerator:
             return []
         query = self._model.embed_one(question)
         terms = set(content_words(question)) or set(keyword_tokens(question))
-        procedural = bool(_HOW.search(question))
+        # A rewritten follow-up ends with the customer's own question: that one decides.
+        last = [part for part in re.split(r"[?!.]\s+", question.strip()) if part.strip()]
+        procedural = bool(_HOW.search(last[-1] if last else question))
         top_score = max((h.score for h in chosen_hits), default=0.0) or 1.0
         doc_rank: dict[str, int] = {}
         candidates: list[Sentence] = []
@@ -151,6 +153,12 @@ class ExtractiveGenerator:
         if len(picked) < min(self.min_sentences, limit):
             picked.extend(self._neighbours(best, candidates, picked,
                                            min(self.min_sentences, limit) - len(picked)))
+        steps = [s for s in candidates if s.chunk_id == best.chunk_id and _instruction(s.text)]
+        if procedural and limit > 1 and steps and not any(s in picked for s in steps):
+            # "How do I …?" is answered by the steps of the best section, if it has any.
+            if len(picked) >= limit:
+                picked.remove(min((s for s in picked if s is not best), key=lambda s: s.score))
+            picked.append(min(steps, key=lambda s: s.order))
         return sorted(picked, key=lambda s: s.order)
 
     @property
