@@ -7,6 +7,7 @@
     ├── intents.py      IntentCatalog: configs/intents.yaml with example embeddings
     ├── escalation.py   EscalationFlag, detect_flags, EscalationPolicy
     ├── text.py         keyword tokens, sentences, key noun phrases
+    ├── smalltalk.py    "thanks!", "ok bye": answered without searching
     └── retrieval/      RetrievalAgent: a LangGraph StateGraph that contextualizes the turn,
                         retrieves (dense + BM25 tie-breaks, ACL, freshness), decides
                         (answer, clarify, fallback), streams a grounded answer with citations

@@ -18,6 +18,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from agents.escalation import EscalationFlag, detect_flags
 from agents.intents import Intent, IntentCatalog, IntentMatch
 from agents.text import content_words, noun_phrase, title_phrase
@@ -66,8 +68,7 @@ class AckAgent:
 
     def __init__(self, embedder: Embedder, intents: IntentCatalog, *, seed: int | None = None,
                  min_similarity: float = 0.5, clear_margin: float = 0.1,
-                 title_weight: float = 0.3,
-                 max_sessions: int = 10_000) -> None:
+                 title_weight: float = 0.3, max_sessions: int = 10_000) -> None:
         self._embedder = embedder
         self._catalog = intents
         self._rng = random.Random(seed)
@@ -133,9 +134,9 @@ class AckAgent:
                                 flags)
         return self._neutral(title_phrase(title), session_key, flags)
 
-    def _topic_match(self, vector: object, titles: Sequence[str]) -> IntentMatch | None:
+    def _topic_match(self, vector: np.ndarray, titles: Sequence[str]) -> IntentMatch | None:
         """The knowledge-base intent of the message, refined by known titles."""
-        matches = self._catalog.match(vector, names=self._kb_names)  # type: ignore[arg-type]
+        matches = self._catalog.match(vector, names=self._kb_names)
         if not titles:
             best, runner_up = matches[0], matches[1] if len(matches) > 1 else None
             # Accept a weaker match when it stands clearly apart from the next intent.

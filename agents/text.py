@@ -63,7 +63,7 @@ _PHRASE_WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*|\S+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z\"'(\[])")
 _BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)])\s+")
 _FLIP = {"my": "your", "mine": "yours", "our": "your", "ours": "yours", "i": "you",
-         "me": "you", "myself": "yourself"}
+         "me": "you", "myself": "yourself", "your": "our", "yours": "ours"}
 _DETERMINERS = frozenset({"my", "your", "our", "the", "a", "an", "this", "that", "these", "those"})
 
 
@@ -102,7 +102,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 def noun_phrase(text: str, *, max_words: int = 4) -> str | None:
-    """The key noun phrase of a message, from the customer's side (``my`` → ``your``).
+    """The key noun phrase of a message, as the agent says it (``my`` → ``your`` → ``our``).
 
     The longest run of topic words (no stopwords, filler verbs or digits), with the
     determiner in front of it; ``None`` when nothing specific is left.

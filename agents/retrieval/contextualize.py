@@ -13,9 +13,9 @@ is rewritten into a self-contained query with the topic it refers to; a new topi
    product noun phrase ("the hub"): follow-up.
 6. Anaphora *and* a product noun: follow-up if the pronoun must refer back ("does it …",
    "reset it") or the message is close to the topic (cosine ≥ 0.5).
-7. Short (≤ 6 words) with no product noun: compare the message's similarity to the
-   previous topic with its best similarity to the knowledge base on its own; follow-up if
-   the KB alone finds nothing convincing (< 0.45) or the topic is closer.
+7. Short (≤ 6 words) with no product noun: a follow-up if it has no topic words at all
+   ("how much?"), else if it is closer to the previous topic than to the best chunk the
+   knowledge base finds for it alone (one embedding and one search, reused if fresh).
 8. Otherwise fresh.
 
 "Product nouns" are the words of the knowledge base's document titles that name things
@@ -39,7 +39,7 @@ from langgraph.runtime import Runtime
 
 from agents.retrieval.cache import SessionTopic
 from agents.smalltalk import small_talk
-from agents.text import stem
+from agents.text import content_words, stem
 from ingest.kb import KnowledgeBase, SearchResult
 
 if TYPE_CHECKING:
@@ -67,7 +67,8 @@ _DETERMINER = {"the", "my", "your", "our", "a", "an", "this", "that", "these", "
 _AUX_PRONOUN = re.compile(
     r"\b(?:is|are|was|were|do|does|did|can|could|will|would|should|has|have|won't|doesn't|"
     r"isn't|can't)\s+(?:it|they|that|this|those|these)\b(?!\s+(?:possible|ok|okay|true|normal|"
-    r"necessary|safe|worth|a good idea|better|easier|allowed)\b)", re.I)
+    r"necessary|safe|worth|a good idea|better|easier|allowed|too|free|required|mandatory|"
+    r"common|late|early|hard|easy|expensive|cheaper)\b)", re.I)
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,6 @@ class ContextPolicy:
 
     #: At most this many words for a message to count as short.
     short_words: int = 6
-    #: A short message whose best KB relevance is below this cannot stand alone.
-    standalone_min: float = 0.45
     #: Anaphora with its own product noun: a follow-up if this close to the topic.
     related_min: float = 0.5
     #: How many earlier user turns the history fallback looks at.
@@ -173,11 +172,12 @@ class Contextualizer:
                 return self._complete(text, topic, terms)
             return Rewrite(text, "fresh")
         if not own_entity and short:
+            if not content_words(text):  # "how much?", "why?": nothing but the topic to go on
+                return self._complete(text, topic, terms)
             vector = self._kb.embedder.embed_one(text)
             probe = self._kb.search_vector(vector, k=self._search_k, groups=groups)
             standalone = probe.hits[0].relevance if probe.hits else 0.0
-            to_topic = self._similarity(text, topic, vector)
-            if standalone < self.policy.standalone_min or to_topic > standalone:
+            if self._similarity(text, topic, vector) >= standalone:
                 return self._complete(text, topic, terms)
             return Rewrite(text, "fresh", probe=probe)
         return Rewrite(text, "fresh")
@@ -198,6 +198,8 @@ class Contextualizer:
     def _anaphora(self, words: list[str], terms: frozenset[str]) -> bool:
         for i, w in enumerate(words):
             nxt = words[i + 1] if i + 1 < len(words) else ""
+            if w in ("it", "it's") and _pleonastic(words, i):
+                continue
             if w in ("it", "them", "they", "its", "their") or (w == "one" and i > 0
                                                                and words[i - 1] in _DEMONSTRATIVES):
                 return True
@@ -228,6 +230,23 @@ class Contextualizer:
             if own or not (self._anaphora(words, terms) or _ELLIPTICAL.match(candidate)):
                 return SessionTopic(anchor=candidate.strip())
         return SessionTopic(anchor=" ".join(window)) if window else None
+
+
+_IMPERSONAL = frozenset({"too", "possible", "ok", "okay", "safe", "normal", "true", "necessary",
+                         "worth", "better", "easier", "allowed", "free", "required", "mandatory",
+                         "common", "late", "early", "hard", "easy", "expensive", "cheaper"})
+
+
+def _pleonastic(words: list[str], i: int) -> bool:
+    """An "it" that refers to nothing: "is it too late", "it's possible to …"."""
+    after = words[i + 1:i + 3]
+    if words[i] == "it's":
+        return bool(after) and after[0] in _IMPERSONAL
+    if after and after[0] == "is":
+        after = after[1:]
+    elif not (i > 0 and words[i - 1] in ("is", "isn't", "was")):
+        return False
+    return bool(after) and after[0] in _IMPERSONAL
 
 
 def _fill(anchor: str, text: str, words: list[str], terms: frozenset[str]) -> str | None:

@@ -26,6 +26,7 @@ def test_content_words_drop_filler_verbs() -> None:
     ("I have a problem", None),
     ("how long does that take?", None),
     ("Do you ship the 2024 model?", "model"),
+    ("What is your CEO's name?", "our CEO's name"),
 ])
 def test_noun_phrase(text: str, phrase: str | None) -> None:
     assert noun_phrase(text) == phrase

@@ -286,6 +286,7 @@ def small_kb(make_kb: MakeKb) -> KnowledgeBase:
 
 async def answer(agent: RetrievalAgent, text: str = "How do I factory reset the hub?"
                  ) -> tuple[list[str], AnswerFinal]:
+    await agent.warm_up()  # the same keyword snapshot for every agent: comparable answers
     turn = TurnContext("s", text, [], (), PrefetchCache())
     deltas: list[str] = []
     final = None

@@ -91,13 +91,18 @@ def test_topic_from_history_when_the_session_has_no_memory(
     assert rewrite.query == "can I return the hub?"
 
 
-def test_short_message_decided_by_similarity(contextualizer: Contextualizer) -> None:
-    # No product noun, no pronoun: the KB alone does not know what "the blinking" is about.
-    rewrite = contextualizer.rewrite("what about the blinking?", [], HUB, ())
-    assert rewrite.follow_up
-    # A short message that stands on its own is a new question.
-    fresh = contextualizer.rewrite("Does Lumora work with Siri?", [], HUB, ())
-    assert not fresh.follow_up
+def test_short_messages_without_a_product(contextualizer: Contextualizer) -> None:
+    # Nothing but the topic to go on.
+    assert contextualizer.rewrite("how much?", [], HUB, ()).follow_up
+    # Closer to what the knowledge base says about it than to the topic: a new question,
+    # and the search made to decide is reused.
+    fresh = contextualizer.rewrite("Can I pay in installments?", [], HUB, ())
+    assert not fresh.follow_up and fresh.probe is not None
+
+
+@pytest.mark.parametrize("text", ["Is it too late to cancel?", "it's possible to pay later?"])
+def test_impersonal_it_is_not_a_reference(contextualizer: Contextualizer, text: str) -> None:
+    assert not contextualizer.rewrite(text, [], HUB, ()).follow_up
 
 
 def test_small_talk_is_neither(contextualizer: Contextualizer) -> None:
