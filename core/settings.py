@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     llm_first_token_timeout_s: float = Field(2.0, gt=0, description="Fallback after this wait.")
     llm_total_timeout_s: float = Field(20.0, gt=0, description="Longest whole LLM answer.")
 
+    session_log_events: int = Field(5000, ge=10, description="Events kept per session for resume.")
+    session_idle_s: float = Field(1800.0, gt=0, description="An idle session ends after this.")
+    chat_rate_burst: float = Field(10.0, ge=1, description="Messages a session may send at once.")
+    chat_rate_per_s: float = Field(1.0, gt=0, description="Messages a second refilled per session.")
+    ack_hold_s: float = Field(
+        0.25, ge=0, description="Longest wait of a ready acknowledgment for the search to start.")
+
     supervisor_token: OptionalStr = Field(None, description="Bearer token of the supervisor UI.")
 
     @field_validator("log_level")

@@ -20,8 +20,9 @@ from starlette.middleware import Middleware
 from core.metrics import Metrics
 from core.natsd import EmbeddedNats
 from core.settings import CONFIGS_DIR, Settings
-from gateway import documents, ops
+from gateway import chat, documents, ops
 from gateway.limits import BodyLimitMiddleware
+from gateway.services import chat_services
 from gateway.state import AppState
 from ingest.loader import events_from_directory
 from ingest.publisher import publish_event
@@ -71,9 +72,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
             yield
 
     app = Starlette(
-        routes=[*ops.routes, *documents.routes],
+        routes=[*ops.routes, *documents.routes, *chat.routes],
         middleware=[Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)],
         lifespan=lifespan,
     )
-    app.state.startup_hooks = []
+    app.state.startup_hooks = [chat_services]
     return app

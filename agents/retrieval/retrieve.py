@@ -50,6 +50,8 @@ class RetrieveNode:
             now = time.time()
             scored = fuse([rescore(self._kb, hit, sim, now=now) for hit, sim in cached], None)
             return self._result(vector, scored, turn.cache.as_of, prefetch_hit=True)
+        if turn.on_search is not None:
+            turn.on_search()
         result, scored = await asyncio.to_thread(self._search, rewrite, vector, turn.groups)
         return self._result(vector, scored, result.as_of, prefetch_hit=False)
 

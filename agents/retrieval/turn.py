@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -79,3 +80,6 @@ class TurnContext:
     cache: PrefetchCache
     #: Escalation flags already read from the message (by the acknowledgment agent).
     flags: tuple[EscalationFlag, ...] = ()
+    #: Called (on the event loop) when the turn needs a knowledge-base search, i.e. it is
+    #: no prefetch hit and no small talk: the router sends the acknowledgment then.
+    on_search: Callable[[], None] | None = None

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): latency and throughput figures, written to bench-results/."""

@@ -1,0 +1,153 @@
+"""The chat wire contract (shared/PROTOCOL.md §1): client messages in, server events out.
+
+Client messages are validated with pydantic; anything that fails gets an ``error`` event
+with one of the codes below and changes nothing. Server events are plain dicts built by
+:func:`event`, so extensions (new optional fields) need no model change.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+__all__ = [
+    "MAX_TEXT_CHARS",
+    "Cancel",
+    "ClientMessage",
+    "ErrorCode",
+    "Handoff",
+    "Hello",
+    "ProtocolError",
+    "UserMessage",
+    "parse_client_message",
+]
+
+MAX_TEXT_CHARS = 4000
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_\-]{8,64}$"
+
+
+class ErrorCode:
+    """The ``code`` of ``error`` events."""
+
+    invalid_json = "invalid_json"
+    invalid_message = "invalid_message"
+    unknown_type = "unknown_type"
+    empty_message = "empty_message"
+    message_too_long = "message_too_long"
+    binary_not_supported = "binary_not_supported"
+    rate_limited = "rate_limited"
+    duplicate_message = "duplicate_message"
+    resume_gap = "resume_gap"
+    no_turn = "no_turn"
+    turn_failed = "turn_failed"
+    fatal = "fatal"
+
+
+class ProtocolError(Exception):
+    """A client message that cannot be accepted; becomes an ``error`` event."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Customer(BaseModel):
+    """Who the customer is, as far as retrieval is concerned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+        description="The customer's id in the company's systems.")
+    groups: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=50, description="ACL groups the customer belongs to.")
+
+
+class Hello(BaseModel):
+    """Open or resume a session."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["hello"] = Field(description="Message type.")
+    session_id: Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)] | None = Field(
+        None, description="Session to open or resume; absent: a new one.")
+    customer: Customer | None = Field(None, description="Customer id and ACL groups.")
+    channel: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_\-]{0,31}$")] = Field(
+        "web", description="Channel the customer uses.")
+    resume_from: int | None = Field(None, ge=0, description="Replay events with seq > this.")
+
+
+class UserMessage(BaseModel):
+    """One user turn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["message"] = Field(description="Message type.")
+    text: str = Field(description="What the customer said (1..4000 characters).")
+    id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
+        None, description="Client message id, for idempotent re-sends.")
+
+
+class Cancel(BaseModel):
+    """Stop the reply in progress (barge-in)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["cancel"] = Field(description="Message type.")
+
+
+class Handoff(BaseModel):
+    """The customer asks for a human."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["handoff"] = Field(description="Message type.")
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = Field(
+        None, description="Why, in the customer's words.")
+
+
+ClientMessage = Hello | UserMessage | Cancel | Handoff
+_BY_TYPE: dict[str, type[BaseModel]] = {
+    "hello": Hello, "message": UserMessage, "cancel": Cancel, "handoff": Handoff,
+}
+
+
+def parse_client_message(raw: str | bytes) -> ClientMessage:
+    """Validate one client frame; raises :class:`ProtocolError` with a precise code."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.invalid_json, f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.invalid_message, "a message must be a JSON object")
+    kind = data.get("type")
+    model = _BY_TYPE.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise ProtocolError(ErrorCode.unknown_type,
+                            f"unknown message type {kind!r}; expected one of {sorted(_BY_TYPE)}")
+    try:
+        message = model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}"
+                           for e in exc.errors())
+        raise ProtocolError(ErrorCode.invalid_message, detail) from exc
+    if isinstance(message, UserMessage):
+        check_text(message.text)
+    return message  # type: ignore[return-value]
+
+
+def check_text(text: str) -> None:
+    """The rules of a turn's text: not blank, at most 4000 characters."""
+    if not text.strip():
+        raise ProtocolError(ErrorCode.empty_message, "message text is empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ProtocolError(ErrorCode.message_too_long,
+                            f"message text has {len(text)} characters; at most {MAX_TEXT_CHARS}")
+
+
+def event(kind: str, **fields: Any) -> dict[str, Any]:
+    """A server event (``session_id`` and ``seq`` are stamped by the session)."""
+    return {"type": kind, **fields}

@@ -1,0 +1,184 @@
+"""The turn router: both agents at once, merged into one ordered stream.
+
+A turn is a race. The acknowledgment agent answers in milliseconds; the retrieval agent
+streams a grounded answer. The acknowledgment is sent once it is ready *and* the
+retrieval agent has started a knowledge-base search (so a prefetch hit or small talk,
+answered from memory, gets no acknowledgment), unless the answer has already begun.
+Then the answer's deltas follow in the same stream. A new message or ``cancel`` cancels
+the turn: both agents stop, nothing more is sent but a ``done`` marked ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.ack import AckAgent
+from agents.escalation import detect_flags
+from agents.retrieval import AnswerDelta, AnswerFinal, RetrievalAgent, TurnContext
+from core.metrics import Metrics
+from gateway.escalations import EscalationQueue
+from gateway.protocol import ErrorCode, event
+from gateway.sessions import Session
+
+__all__ = ["TurnRouter"]
+
+log = logging.getLogger("duet.gateway")
+
+
+@dataclass
+class _Turn:
+    """What one turn has sent so far."""
+
+    turn_id: str
+    started: float = field(default_factory=time.perf_counter)
+    parts: list[str] = field(default_factory=list)
+    ack_sent: bool = False
+    answer_started: bool = False
+    ack_first_ms: float | None = None
+    answer_first_ms: float | None = None
+
+    def elapsed_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 2)
+
+
+class TurnRouter:
+    """Runs turns for sessions."""
+
+    def __init__(self, ack: AckAgent, retrieval: RetrievalAgent, escalations: EscalationQueue,
+                 metrics: Metrics, *, ack_hold_s: float = 0.25) -> None:
+        self.ack = ack
+        self.retrieval = retrieval
+        self.escalations = escalations
+        self.metrics = metrics
+        self.ack_hold_s = ack_hold_s
+
+    def start_turn(self, session: Session, text: str) -> str:
+        """Start a turn as a session task; returns its id."""
+        turn_id = uuid.uuid4().hex[:16]
+        session.start(self.run(session, text, turn_id), turn_id=turn_id)
+        return turn_id
+
+    async def run(self, session: Session, text: str, turn_id: str) -> None:
+        """One turn, from the customer's text to ``done`` (and ``escalated``)."""
+        turn = _Turn(turn_id)
+        searching = asyncio.Event()
+        answering = asyncio.Event()
+        flags = detect_flags(text)
+        context = TurnContext(session_id=session.id, text=text, history=list(session.history),
+                              groups=session.groups, cache=session.cache, flags=flags,
+                              on_search=searching.set)
+        final: AnswerFinal | None = None
+
+        async def acknowledge() -> None:
+            ack = await asyncio.to_thread(self.ack.acknowledge, text, session_key=session.id)
+            waits = [asyncio.ensure_future(searching.wait()), asyncio.ensure_future(answering.wait())]
+            try:
+                await asyncio.wait(waits, timeout=self.ack_hold_s,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if turn.answer_started:
+                return
+            turn.ack_sent = True
+            turn.ack_first_ms = turn.elapsed_ms()
+            turn.parts.append(ack.text)
+            await session.emit(event("delta", turn_id=turn_id, source="ack", text=ack.text))
+
+        async def answer() -> None:
+            nonlocal final
+            stream = self.retrieval.stream(context)
+            async with contextlib.aclosing(stream):
+                async for item in stream:
+                    if isinstance(item, AnswerFinal):
+                        final = item
+                        continue
+                    assert isinstance(item, AnswerDelta)
+                    if not item.text:
+                        continue
+                    piece = item.text
+                    if not turn.answer_started:
+                        turn.answer_started = True
+                        answering.set()
+                        turn.answer_first_ms = turn.elapsed_ms()
+                        if turn.ack_sent:
+                            piece = " " + piece.lstrip()
+                    turn.parts.append(piece)
+                    await session.emit(event("delta", turn_id=turn_id, source="answer", text=piece))
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(acknowledge())
+                group.create_task(answer())
+        except asyncio.CancelledError:
+            await self._finish_cancelled(session, turn)
+            raise
+        except Exception as exc:  # an agent failed: say so, keep the session usable
+            log.exception("turn failed", extra={"session_id": session.id, "turn_id": turn_id})
+            self.metrics.turns.labels("failed").inc()
+            self.metrics.errors.labels(ErrorCode.turn_failed).inc()
+            await session.emit(event("error", turn_id=turn_id, code=ErrorCode.turn_failed,
+                                     message=f"the answer could not be built: {type(exc).__name__}"))
+            return
+        assert final is not None, "the retrieval agent ended without a final answer"
+        await self._finish(session, turn, text, final)
+
+    async def _finish(self, session: Session, turn: _Turn, text: str, final: AnswerFinal) -> None:
+        total_ms = turn.elapsed_ms()
+        reply = "".join(turn.parts)
+        session.history.append(("user", text))
+        session.history.append(("assistant", final.text))
+        del session.history[:-40]
+        timings = {"ack_first": turn.ack_first_ms, "answer_first": turn.answer_first_ms,
+                   "total": total_ms}
+        for phase, value in timings.items():
+            if value is not None:
+                self.metrics.turn_latency.labels(phase).observe(value / 1000)
+        self.metrics.turns.labels(final.decision).inc()
+        await session.emit(event(
+            "done", turn_id=turn.turn_id, text=reply,
+            citations=[_citation(c) for c in final.citations],
+            as_of=_iso(final.as_of), confidence=round(final.confidence, 4), timings_ms=timings,
+            decision=final.decision, prefetch_hit=final.prefetch_hit,
+            rewritten_query=final.rewritten_query,
+        ))
+        if final.escalate_reason and not session.escalated:
+            await self.escalate(session, final.escalate_reason, turn_id=turn.turn_id)
+        context = TurnContext(session_id=session.id, text=text, history=list(session.history),
+                              groups=session.groups, cache=session.cache)
+        session.start(self.retrieval.prefetch(context, final))
+
+    async def _finish_cancelled(self, session: Session, turn: _Turn) -> None:
+        self.metrics.turns.labels("cancelled").inc()
+        with contextlib.suppress(Exception):
+            await session.emit(event(
+                "done", turn_id=turn.turn_id, text="".join(turn.parts), citations=[],
+                as_of=None, confidence=0.0, cancelled=True,
+                timings_ms={"ack_first": turn.ack_first_ms, "answer_first": turn.answer_first_ms,
+                            "total": turn.elapsed_ms()},
+            ))
+
+    async def escalate(self, session: Session, reason: str, *, turn_id: str | None = None) -> None:
+        """Put the conversation in the human queue and tell the customer."""
+        session.escalated = True
+        position = self.escalations.enqueue(session.id, reason)
+        self.metrics.escalations.labels(reason).inc()
+        fields: dict[str, Any] = {"reason": reason, "queue_position": position}
+        if turn_id:
+            fields["turn_id"] = turn_id
+        await session.emit(event("escalated", **fields))
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _citation(c: Any) -> dict[str, Any]:
+    return {"doc_id": c.doc_id, "title": c.title, "url": c.url, "version": c.version,
+            "updated_at": _iso(c.updated_at)}
