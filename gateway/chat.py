@@ -72,12 +72,12 @@ class ChatService:
             if earlier is not None:
                 raise ProtocolError(ErrorCode.duplicate_message,
                                     f"message {message.id!r} was already received")
-        await session.cancel_turn()
+        await self.router.cancel(session)
         return self.router.start_turn(session, message.text)
 
     async def cancel(self, session: Session) -> None:
         """Stop the turn in progress."""
-        if not await session.cancel_turn():
+        if not await self.router.cancel(session):
             raise ProtocolError(ErrorCode.no_turn, "no reply is in progress")
 
     async def handoff(self, session: Session, reason: str | None) -> None:

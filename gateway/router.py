@@ -42,6 +42,7 @@ class _Turn:
     answer_started: bool = False
     ack_first_ms: float | None = None
     answer_first_ms: float | None = None
+    finished: bool = False
 
     def elapsed_ms(self) -> float:
         return round((time.perf_counter() - self.started) * 1000, 2)
@@ -57,16 +58,26 @@ class TurnRouter:
         self.escalations = escalations
         self.metrics = metrics
         self.ack_hold_s = ack_hold_s
+        self._turns: dict[str, _Turn] = {}
 
     def start_turn(self, session: Session, text: str) -> str:
         """Start a turn as a session task; returns its id."""
-        turn_id = uuid.uuid4().hex[:16]
-        session.start(self.run(session, text, turn_id), turn_id=turn_id)
-        return turn_id
+        turn = _Turn(uuid.uuid4().hex[:16])
+        self._turns[session.id] = turn
+        session.start(self.run(session, text, turn), turn_id=turn.turn_id)
+        return turn.turn_id
 
-    async def run(self, session: Session, text: str, turn_id: str) -> None:
+    async def cancel(self, session: Session) -> bool:
+        """Stop the session's turn in progress; every accepted turn still ends in ``done``."""
+        cancelled = await session.cancel_turn()
+        turn = self._turns.pop(session.id, None)
+        if cancelled and turn is not None and not turn.finished:
+            await self._finish_cancelled(session, turn)  # cancelled before it even started
+        return cancelled
+
+    async def run(self, session: Session, text: str, turn: _Turn) -> None:
         """One turn, from the customer's text to ``done`` (and ``escalated``)."""
-        turn = _Turn(turn_id)
+        turn_id = turn.turn_id
         searching = asyncio.Event()
         answering = asyncio.Event()
         flags = detect_flags(text)
@@ -120,6 +131,8 @@ class TurnRouter:
             await self._finish_cancelled(session, turn)
             raise
         except Exception as exc:  # an agent failed: say so, keep the session usable
+            turn.finished = True
+            self._forget(session, turn)
             log.exception("turn failed", extra={"session_id": session.id, "turn_id": turn_id})
             self.metrics.turns.labels("failed").inc()
             self.metrics.errors.labels(ErrorCode.turn_failed).inc()
@@ -130,6 +143,8 @@ class TurnRouter:
         await self._finish(session, turn, text, final)
 
     async def _finish(self, session: Session, turn: _Turn, text: str, final: AnswerFinal) -> None:
+        turn.finished = True
+        self._forget(session, turn)
         total_ms = turn.elapsed_ms()
         reply = "".join(turn.parts)
         session.history.append(("user", text))
@@ -154,7 +169,15 @@ class TurnRouter:
                               groups=session.groups, cache=session.cache)
         session.start(self.retrieval.prefetch(context, final))
 
+    def _forget(self, session: Session, turn: _Turn) -> None:
+        if self._turns.get(session.id) is turn:
+            del self._turns[session.id]
+
     async def _finish_cancelled(self, session: Session, turn: _Turn) -> None:
+        if turn.finished:
+            return
+        turn.finished = True
+        self._forget(session, turn)
         self.metrics.turns.labels("cancelled").inc()
         with contextlib.suppress(Exception):
             await session.emit(event(

@@ -192,7 +192,10 @@ class SessionStore:
         if self._group is None:
             coro.close()
             raise RuntimeError("the session store is closed")
-        return self._group.create_task(_guarded(coro))
+        task = self._group.create_task(_guarded(coro))
+        # a task cancelled before it ever ran must still close its coroutine
+        task.add_done_callback(lambda _: coro.close())
+        return task
 
     def get(self, session_id: str) -> Session | None:
         """A live session, or None."""

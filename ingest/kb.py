@@ -107,6 +107,15 @@ class KnowledgeBase:
         self._as_of = as_of
         self._metrics = metrics
         self._clock = clock
+        self._changed: dict[str, float] = {}
+
+    def note_change(self, doc_id: str) -> None:
+        """Record that a document changed now (fed by the registry's watch)."""
+        self._changed[doc_id] = time.monotonic()
+
+    def changed_at(self, doc_id: str) -> float | None:
+        """``time.monotonic()`` of the document's last observed change, if any."""
+        return self._changed.get(doc_id)
 
     @property
     def as_of(self) -> datetime | None:

@@ -132,6 +132,10 @@ class Registry:
                 continue
         raise ConflictError("as_of kept changing")
 
+    def watch_documents(self):  # noqa: ANN201 - nats' watcher type is private
+        """A KV watcher of every document key, keys and revisions only."""
+        return self._kv.watch("doc.>", meta_only=True)
+
     def watch_as_of(self):  # noqa: ANN201 - nats' watcher type is private
         """A KV watcher of ``meta.as_of`` (the gateway keeps a live copy)."""
         return self._kv.watch(_AS_OF_KEY)

@@ -85,12 +85,13 @@ class KnowledgeRuntime:
         self.kb = KnowledgeBase(store, embedder, profiles, as_of=lambda: self.as_of,
                                 metrics=self.metrics)
         self._tasks.append(asyncio.create_task(self._watch_as_of(), name="as-of-watch"))
+        self._tasks.append(asyncio.create_task(self._watch_documents(), name="doc-watch"))
         if self.run_worker:
             applier = Applier(store, embedder, self.registry,
                               min_content_chars=s.min_content_chars, metrics=self.metrics)
             aging = AgingJob(store, self.registry, s.hot_max_age, metrics=self.metrics)
             self.worker = IngestWorker(self.nc, s, applier, store, self.registry, self.metrics,
-                                       aging=aging)
+                                       aging=aging, on_change=self.kb.note_change)
             task = asyncio.create_task(self.worker.run(), name="ingest-worker")
             self._tasks.append(task)
             ready = asyncio.create_task(self.worker.ready.wait())
@@ -107,6 +108,14 @@ class KnowledgeRuntime:
             if entry is not None and entry.value:
                 with contextlib.suppress(ValueError):
                     self._as_of = datetime.fromisoformat(entry.value.decode())
+
+    async def _watch_documents(self) -> None:
+        """Tell the query API which documents change (caches of them go stale)."""
+        assert self.registry is not None and self.kb is not None
+        watcher = await self.registry.watch_documents()
+        async for entry in watcher:
+            if entry is not None:
+                self.kb.note_change(entry.key.removeprefix("doc."))
 
     async def __aexit__(self, *exc: object) -> None:
         if self.worker is not None:

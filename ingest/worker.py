@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pydantic
@@ -69,7 +70,8 @@ class IngestWorker:
     """Consumes ``docs.>`` and applies every event through an :class:`Applier`."""
 
     def __init__(self, nc: NATS, settings: Settings, applier: Applier, store: VectorStore,
-                 registry: Registry, metrics: Metrics, *, aging: AgingJob | None = None) -> None:
+                 registry: Registry, metrics: Metrics, *, aging: AgingJob | None = None,
+                 on_change: Callable[[str], None] | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.settings = settings
@@ -78,6 +80,7 @@ class IngestWorker:
         self.registry = registry
         self.metrics = metrics
         self.aging = aging
+        self.on_change = on_change
         self.ready = asyncio.Event()
         self.as_of: datetime | None = None
         self._stopping = asyncio.Event()
@@ -170,6 +173,8 @@ class IngestWorker:
             return await self._retry(msg, event_id, event, f"{type(exc).__name__}: {exc}")
 
         await msg.ack()
+        if result.changed_index and self.on_change is not None:
+            self.on_change(event.doc_id)
         if result.changed_index:
             lag_s = max((datetime.now(UTC) - meta.timestamp).total_seconds(), 0.0)
             self.metrics.ingest_lag.observe(lag_s)

@@ -79,13 +79,13 @@ class PrefetchCache:
         return {c.hit.doc_id for c in self._chunks.values()}
 
     def add(self, hits: Sequence[Hit], vectors: np.ndarray, *, groups: Iterable[str],
-            as_of: datetime | None) -> int:
+            as_of: datetime | None, loaded_at: float | None = None) -> int:
         """Store chunks (newest win, oldest evicted); returns how many are cached now."""
         groups = frozenset(groups)
         if self._groups is not None and groups != self._groups:
             self._chunks.clear()  # the customer's access changed: nothing old may be shown
         self._groups = groups
-        now = self._clock()
+        now = self._clock() if loaded_at is None else loaded_at
         for hit, vector in zip(hits, vectors, strict=True):
             self._chunks.pop(hit.chunk_id, None)
             self._chunks[hit.chunk_id] = CachedChunk(hit, np.asarray(vector, np.float32), now)
@@ -97,10 +97,19 @@ class PrefetchCache:
         return len(self._chunks)
 
     def lookup(self, vector: np.ndarray, *, groups: Iterable[str], k: int = 8,
-               min_similarity: float | None = None) -> list[tuple[Hit, float]] | None:
-        """The ``k`` most similar chunks if the best reaches the threshold (a hit), else None."""
+               min_similarity: float | None = None,
+               changed_at: Callable[[str], float | None] | None = None,
+               ) -> list[tuple[Hit, float]] | None:
+        """The ``k`` most similar chunks if the best reaches the threshold (a hit), else None.
+
+        ``changed_at(doc_id)`` gives when a document last changed (same clock as the
+        cache's): chunks loaded before their document changed are dropped first, so a
+        cached answer is never older than the knowledge base.
+        """
         threshold = self.min_similarity if min_similarity is None else min_similarity
         self._expire()
+        if changed_at is not None:
+            self.drop_changed(changed_at)
         if not self._chunks or frozenset(groups) != self._groups:
             self.misses += 1
             return None
@@ -114,6 +123,16 @@ class PrefetchCache:
             return None
         self.hits += 1
         return [(self._chunks[self._ids[i]].hit, float(sims[i])) for i in order]
+
+    def drop_changed(self, changed_at: Callable[[str], float | None]) -> int:
+        """Forget chunks of documents changed since they were loaded; returns how many."""
+        stale = [cid for cid, c in self._chunks.items()
+                 if (t := changed_at(c.hit.doc_id)) is not None and t >= c.stored_at]
+        for cid in stale:
+            del self._chunks[cid]
+        if stale:
+            self._matrix = None
+        return len(stale)
 
     def clear(self) -> None:
         """Forget every chunk (counters and topic stay)."""

@@ -15,6 +15,7 @@ the gateway schedules :meth:`RetrievalAgent.prefetch` after the turn.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 
@@ -97,9 +98,10 @@ class PrefetchNode:
         if not doc_ids:
             return {"prefetched": []}
         as_of = self._kb.as_of
+        loaded_at = time.monotonic()  # before reading: a change during the read invalidates
         hits, vectors = await asyncio.to_thread(self._load, doc_ids, turn.groups)
         if hits:
-            turn.cache.add(hits, vectors, groups=turn.groups, as_of=as_of)
+            turn.cache.add(hits, vectors, groups=turn.groups, as_of=as_of, loaded_at=loaded_at)
         return {"prefetched": sorted({h.doc_id for h in hits})}
 
     def _load(self, doc_ids: Sequence[str], groups: Sequence[str]) -> tuple[list[Hit], np.ndarray]:

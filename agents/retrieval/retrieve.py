@@ -43,13 +43,14 @@ class RetrieveNode:
         if rewrite.kind == "social":
             return {"ranked": [], "hits": [], "as_of": self._kb.as_of, "prefetch_hit": False}
         vector = await asyncio.to_thread(self._kb.embedder.embed_one, rewrite.query)
-        cached = turn.cache.lookup(vector, groups=turn.groups)
+        cached = turn.cache.lookup(vector, groups=turn.groups, changed_at=self._kb.changed_at)
         if self._metrics is not None:
             self._metrics.prefetch.labels(result="hit" if cached else "miss").inc()
         if cached is not None:
             now = time.time()
             scored = fuse([rescore(self._kb, hit, sim, now=now) for hit, sim in cached], None)
-            return self._result(vector, scored, turn.cache.as_of, prefetch_hit=True)
+            # every cached chunk's document is unchanged since it was loaded: current as of now
+            return self._result(vector, scored, self._kb.as_of, prefetch_hit=True)
         if turn.on_search is not None:
             turn.on_search()
         result, scored = await asyncio.to_thread(self._search, rewrite, vector, turn.groups)

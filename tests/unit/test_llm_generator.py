@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -32,91 +31,12 @@ from core.settings import CONFIGS_DIR, Settings
 from ingest.embeddings import OnnxEmbedder
 from ingest.kb import Hit, KnowledgeBase
 from ingest.store import Tier
+from tests.fakes import TOKENS, FakeLLM
 
 pytestmark = pytest.mark.unit
 
 MakeKb = Callable[..., KnowledgeBase]
 AS_OF = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-TOKENS = ["Hold the reset button", " for 15 seconds", " until the LED flashes red [1]."]
-
-
-class FakeLLM:
-    """A tiny OpenAI-compatible ``/v1/chat/completions`` server with scripted behaviours."""
-
-    def __init__(self) -> None:
-        self.mode = "ok"
-        self.delay_s = 5.0
-        self.requests: list[dict] = []
-        self.disconnected = asyncio.Event()
-        self._handlers: set[asyncio.Task] = set()
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/v1"
-
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        try:
-            request_line = (await reader.readline()).decode()
-            headers: dict[str, str] = {}
-            while (line := (await reader.readline()).decode().strip()):
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            body = await reader.readexactly(int(headers.get("content-length", "0")))
-            self.requests.append({"path": request_line.split()[1], "headers": headers,
-                                  "json": json.loads(body)})
-            await self._respond(reader, writer)
-        finally:
-            self._handlers.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.mode == "500":
-            writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n"
-                         b"Connection: close\r\n\r\nboom")
-            await writer.drain()
-            return
-        if self.mode == "slow_headers":
-            await asyncio.sleep(self.delay_s)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                     b"Cache-Control: no-cache\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        if self.mode == "slow_first_token":
-            writer.write(b": keep-alive\n\n")
-            await writer.drain()
-            await asyncio.sleep(self.delay_s)
-        for i, token in enumerate(TOKENS):
-            event = {"id": "x", "object": "chat.completion.chunk",
-                     "choices": [{"index": 0, "delta": {"content": token}}]}
-            writer.write(f"data: {json.dumps(event)}\n\n".encode())
-            await writer.drain()
-            if self.mode == "stall" and i == 0:
-                # Hold the stream open until the client hangs up.
-                await reader.read()
-                self.disconnected.set()
-                return
-            await asyncio.sleep(0.005)
-        done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-        writer.write(f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
-        await writer.drain()
 
 
 @pytest.fixture
