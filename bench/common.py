@@ -41,7 +41,7 @@ def save(name: str, data: dict) -> None:
 
 
 @contextlib.asynccontextmanager
-async def scratch_runtime(**overrides) -> AsyncIterator[KnowledgeRuntime]:  # noqa: ANN003
+async def scratch_runtime(**overrides) -> AsyncIterator[KnowledgeRuntime]:
     """A knowledge runtime with its worker on a throwaway NATS and Chroma."""
     with tempfile.TemporaryDirectory(prefix="duet-bench-") as tmp:
         root = Path(tmp)

@@ -64,10 +64,7 @@ class EmbeddedNats:
         log.info("starting embedded nats-server", extra={"url": self.url})
         # The server's log goes to a file: an unread pipe would fill up and stall it.
         self.log_path = self.store_dir / "nats-server.log"
-        with self.log_path.open("ab") as log_file:
-            self._proc = subprocess.Popen(
-                cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        self._proc = await asyncio.to_thread(self._spawn, cmd)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
@@ -83,6 +80,11 @@ class EmbeddedNats:
                 await asyncio.sleep(0.05)
         self.stop()
         raise DependencyError("nats-server did not start in time")
+
+    def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as log_file:
+            return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL)."""
@@ -129,6 +131,6 @@ async def close_nats(nc: NATS, *, timeout_s: float = 5.0) -> None:
     """Drain (flush what is pending, then close); close outright if draining stalls."""
     try:
         await asyncio.wait_for(nc.drain(), timeout_s)
-    except Exception:  # noqa: BLE001 - any failure here ends in a plain close
+    except Exception:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), timeout_s)

@@ -13,7 +13,12 @@ from enum import StrEnum
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+)
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
@@ -132,10 +137,10 @@ class Registry:
                 continue
         raise ConflictError("as_of kept changing")
 
-    def watch_documents(self):  # noqa: ANN201 - nats' watcher type is private
+    def watch_documents(self):
         """A KV watcher of every document key, keys and revisions only."""
         return self._kv.watch("doc.>", meta_only=True)
 
-    def watch_as_of(self):  # noqa: ANN201 - nats' watcher type is private
+    def watch_as_of(self):
         """A KV watcher of ``meta.as_of`` (the gateway keeps a live copy)."""
         return self._kv.watch(_AS_OF_KEY)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,7 +48,7 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
 
 
 @pytest.fixture
-async def nc(nats_server: EmbeddedNats):  # noqa: ANN201
+async def nc(nats_server: EmbeddedNats):
     """A client connection to that server."""
     client = await connect(nats_server.url, name="test")
     try:
@@ -82,10 +82,10 @@ def index_markdown(store: ChromaStore, embedder: OnnxEmbedder, docs: dict[str, s
 
 
 @pytest.fixture
-def make_kb(chroma_store: ChromaStore, embedder: OnnxEmbedder):  # noqa: ANN201
+def make_kb(chroma_store: ChromaStore, embedder: OnnxEmbedder):
     """Build a KnowledgeBase over Markdown documents indexed directly."""
 
-    def build(docs: dict[str, str], **kwargs) -> KnowledgeBase:  # noqa: ANN003
+    def build(docs: dict[str, str], **kwargs) -> KnowledgeBase:
         index_markdown(chroma_store, embedder, docs, **kwargs)
         return KnowledgeBase(chroma_store, embedder, FreshnessProfiles(),
                              as_of=lambda: datetime.now(UTC))
@@ -93,7 +93,7 @@ def make_kb(chroma_store: ChromaStore, embedder: OnnxEmbedder):  # noqa: ANN201
     return build
 
 
-def make_settings(tmp_path: Path, nats_url: str | None = None, **overrides) -> Settings:  # noqa: ANN003
+def make_settings(tmp_path: Path, nats_url: str | None = None, **overrides) -> Settings:
     """Settings for a test: everything under tmp_path, no sample KB, quick aging off."""
     values = {
         "data_dir": tmp_path / "data", "nats_url": nats_url, "load_sample_kb": False,
@@ -116,14 +116,14 @@ async def runtime(tmp_path: Path, nats_server: EmbeddedNats, embedder: OnnxEmbed
 class Gateway:
     """A running gateway: its base URL, app state and settings."""
 
-    def __init__(self, base_url: str, app, settings: Settings) -> None:  # noqa: ANN001
+    def __init__(self, base_url: str, app, settings: Settings) -> None:
         self.base_url = base_url
         self.ws_url = base_url.replace("http://", "ws://")
         self.app = app
         self.settings = settings
 
     @property
-    def state(self):  # noqa: ANN201
+    def state(self):
         return self.app.state.duet
 
 

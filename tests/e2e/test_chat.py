@@ -58,12 +58,12 @@ async def slow_gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tup
     async with EmbeddedNats(tmp / "nats") as server:
         settings = make_settings(tmp, server.url, llm_base_url=llm.base_url,
                                  llm_first_token_timeout_s=5.0, llm_total_timeout_s=30.0)
-        async with run_gateway(settings) as gateway:
-            async with httpx.AsyncClient(base_url=gateway.base_url) as client:
-                res = await client.post("/v1/documents", params={"wait": "true"}, json=doc(
-                    "hub-reset", "# Resetting the hub\n\n## Factory reset\nHold the reset "
-                    "button for 15 seconds until the LED flashes red, then wait 5 minutes."))
-                assert res.status_code == 200
+        async with run_gateway(settings) as gateway, \
+                httpx.AsyncClient(base_url=gateway.base_url) as client:
+            res = await client.post("/v1/documents", params={"wait": "true"}, json=doc(
+                "hub-reset", "# Resetting the hub\n\n## Factory reset\nHold the reset "
+                "button for 15 seconds until the LED flashes red, then wait 5 minutes."))
+            assert res.status_code == 200
             yield gateway, llm
     await llm.close()
 
@@ -311,14 +311,14 @@ async def test_http_json_returns_the_done_event(gw: Gateway) -> None:
 
 
 async def test_http_sse_streams_the_same_events(gw: Gateway) -> None:
-    async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as client:
-        async with client.stream("POST", "/v1/chat", json={"text": "How do I reset a bulb?"},
-                                 headers={"accept": "text/event-stream"}) as res:
-            assert res.headers["content-type"].startswith("text/event-stream")
-            events = []
-            async for line in res.aiter_lines():
-                if line.startswith("data: "):
-                    events.append(json.loads(line[6:]))
+    events = []
+    async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as client, \
+            client.stream("POST", "/v1/chat", json={"text": "How do I reset a bulb?"},
+                          headers={"accept": "text/event-stream"}) as res:
+        assert res.headers["content-type"].startswith("text/event-stream")
+        async for line in res.aiter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
     kinds = [e["type"] for e in events]
     assert kinds[0] == "delta" and kinds[-1] == "done"
     assert events[-1]["text"] == "".join(e["text"] for e in events if e["type"] == "delta")

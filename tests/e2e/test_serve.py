@@ -28,7 +28,7 @@ def _serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
                             stdout=log, stderr=subprocess.STDOUT)
 
 
-def _wait(predicate, timeout_s: float = 120.0) -> None:  # noqa: ANN001
+def _wait(predicate, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:

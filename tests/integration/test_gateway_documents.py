@@ -19,7 +19,7 @@ DOC = {
 
 
 @pytest.fixture
-async def client(gateway: Gateway):  # noqa: ANN201
+async def client(gateway: Gateway):
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as c:
         yield c
 
@@ -87,7 +87,7 @@ async def test_oversized_bodies_are_refused_before_parsing(
     res = await client.post("/v1/documents", content=big, headers={"content-type": "application/json"})
     assert res.status_code == 413 and res.json()["error"] == "body_too_large"
 
-    async def chunks():  # noqa: ANN202 - no Content-Length: counted while streaming
+    async def chunks():
         for _ in range(gateway.settings.max_body_bytes // 65536 + 2):
             yield b"y" * 65536
 

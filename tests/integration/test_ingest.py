@@ -32,7 +32,7 @@ Refunds reach your card 5 to 7 business days after we receive the return.
 
 
 def event(doc_id: str = "returns-policy", version: int = 1, content: str | None = RETURNS_V1,
-          event_type: str = "CREATE", **metadata) -> DocumentEvent:  # noqa: ANN003
+          event_type: str = "CREATE", **metadata) -> DocumentEvent:
     meta = {"title": "Returns policy", "acl": ["public"], "source": "cms"} | metadata
     return DocumentEvent.model_validate({
         "event_type": event_type, "doc_id": doc_id, "version": version, "content": content,
@@ -220,17 +220,17 @@ async def test_freshness_ranks_newer_copy_first(runtime: KnowledgeRuntime) -> No
 class FlakyStore:
     """The real store, with the first ``failures`` upserts failing (a Chroma outage)."""
 
-    def __init__(self, store, failures: int) -> None:  # noqa: ANN001
+    def __init__(self, store, failures: int) -> None:
         self._store = store
         self.failures = failures
 
-    def upsert(self, tier, chunks):  # noqa: ANN001, ANN201
+    def upsert(self, tier, chunks):
         if self.failures > 0:
             self.failures -= 1
             raise ConnectionError("chroma unavailable")
         return self._store.upsert(tier, chunks)
 
-    def __getattr__(self, name: str):  # noqa: ANN204
+    def __getattr__(self, name: str):
         return getattr(self._store, name)
 
 
