@@ -74,8 +74,8 @@ def test_serve_embedded_defaults_sample_kb_and_load(tmp_path: Path) -> None:
         out = subprocess.run([sys.executable, "-m", "duet_cli", "load", str(docs)], env=env,
                              cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
         assert "published 2 documents" in out.stdout
-        _wait(lambda: httpx.get(f"{base}/v1/documents/faq.gift-cards").json()["tier"] == "hot")
-        _wait(lambda: httpx.get(f"{base}/v1/documents/store-hours").json()["tier"] == "hot")
+        _wait(lambda: httpx.get(f"{base}/v1/documents/faq.gift-cards").json().get("tier") == "hot")
+        _wait(lambda: httpx.get(f"{base}/v1/documents/store-hours").json().get("tier") == "hot")
         assert _metric(base, "duet_chunks_embedded_total") > 100
     finally:
         proc.send_signal(signal.SIGTERM)
