@@ -159,15 +159,21 @@ class KeywordIndex:
     """BM25 over every chunk of the knowledge base, swapped in whole after each rebuild."""
 
     def __init__(self, kb: KnowledgeBase, *, min_interval_s: float = 5.0,
+                 max_busy_share: float | None = 0.05,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._kb = kb
         self._min_interval_s = min_interval_s
+        self._max_busy_share = max_busy_share
         self._clock = clock
         self._corpus: _Corpus | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duet-bm25")
         self._future: Future[None] | None = None
         self._last_start = -math.inf
+        self._last_took_s = 0.0
         self._lock = threading.Lock()
+        #: chunk id → (tier, acl, tokens, title): chunk text never changes under one id
+        #: (ids are content-addressed), so a rebuild reads only the chunks it has not seen.
+        self._seen: dict[str, tuple[Tier, frozenset[str], list[str], str]] = {}
 
     @property
     def ready(self) -> bool:
@@ -188,7 +194,12 @@ class KeywordIndex:
         with self._lock:
             if self._future is not None and not self._future.done():
                 return False
-            if self._clock() - self._last_start < self._min_interval_s:
+            # Rebuilding costs time proportional to the corpus: under a steady stream of
+            # changes, spend at most ``max_busy_share`` of one core on it.
+            interval = self._min_interval_s
+            if self._max_busy_share:
+                interval = max(interval, self._last_took_s / self._max_busy_share)
+            if self._clock() - self._last_start < interval:
                 return False
             self._last_start = self._clock()
             self._future = self._executor.submit(self.rebuild)
@@ -205,25 +216,26 @@ class KeywordIndex:
         started = time.perf_counter()
         as_of = self._kb.as_of
         store = self._kb.store
-        ids: list[str] = []
-        tiers: list[Tier] = []
-        acl: list[frozenset[str]] = []
-        tokens: list[list[str]] = []
-        titles: set[str] = set()
-        seen: set[str] = set()
+        seen: dict[str, tuple[Tier, frozenset[str], list[str], str]] = {}
         for tier in Tier:
-            all_ids = store.all_ids(tier)
-            for start in range(0, len(all_ids), _BATCH):
-                for chunk in store.get(tier, all_ids[start:start + _BATCH]):
-                    if chunk.chunk_id in seen:
-                        continue
-                    seen.add(chunk.chunk_id)
+            all_ids = [cid for cid in store.all_ids(tier) if cid not in seen]
+            unknown = [cid for cid in all_ids if self._seen.get(cid, (None,))[0] is not tier]
+            for cid in all_ids:
+                if cid not in unknown:
+                    seen[cid] = self._seen[cid]
+            for start in range(0, len(unknown), _BATCH):
+                for chunk in store.get(tier, unknown[start:start + _BATCH]):
                     meta = chunk.metadata
-                    ids.append(chunk.chunk_id)
-                    tiers.append(tier)
-                    acl.append(frozenset(meta.get("acl") or ("public",)))
-                    tokens.append(keyword_tokens(f"{meta.get('heading', '')}\n{chunk.text}"))
-                    titles.add(str(meta.get("title") or ""))
+                    seen[chunk.chunk_id] = (
+                        tier, frozenset(meta.get("acl") or ("public",)),
+                        keyword_tokens(f"{meta.get('heading', '')}\n{chunk.text}"),
+                        str(meta.get("title") or ""))
+        self._seen = seen
+        ids = list(seen)
+        tiers = [seen[cid][0] for cid in ids]
+        acl = [seen[cid][1] for cid in ids]
+        tokens = [seen[cid][2] for cid in ids]
+        titles = {seen[cid][3] for cid in ids}
         bm25 = None
         if ids:
             bm25 = bm25s.BM25()
@@ -234,6 +246,7 @@ class KeywordIndex:
             vocabulary=frozenset(w for ts in tokens for w in ts),
             title_terms=title_terms(titles), as_of=as_of,
         )
+        self._last_took_s = time.perf_counter() - started
         log.info("keyword index rebuilt", extra={
             "chunks": len(ids), "took_ms": round((time.perf_counter() - started) * 1000, 1)})
 

@@ -16,6 +16,7 @@ from agents.retrieval.hybrid import (
     rank_documents,
 )
 from ingest.kb import KnowledgeBase
+from ingest.store import Tier
 
 pytestmark = pytest.mark.unit
 
@@ -124,7 +125,7 @@ async def test_rebuilds_in_the_background_when_the_kb_moves(make_kb: MakeKb) -> 
     base = make_kb(DOCS)
     stamp = [datetime(2026, 1, 1, tzinfo=UTC)]
     kb = KnowledgeBase(base.store, base.embedder, base.profiles, as_of=lambda: stamp[0])
-    index = KeywordIndex(kb, min_interval_s=0)
+    index = KeywordIndex(kb, min_interval_s=0, max_busy_share=None)
     try:
         assert index.query("E417") is None  # nothing built yet
         assert index.refresh()
@@ -151,5 +152,26 @@ async def test_rebuilds_are_rate_limited(make_kb: MakeKb) -> None:
         await index.wait()
         stamp[0] += timedelta(seconds=1)
         assert not index.refresh()
+    finally:
+        index.close()
+
+
+async def test_rebuild_drops_deleted_chunks_and_reads_only_new_ones(make_kb: MakeKb) -> None:
+    base = make_kb(DOCS)
+    stamp = [datetime(2026, 1, 1, tzinfo=UTC)]
+    kb = KnowledgeBase(base.store, base.embedder, base.profiles, as_of=lambda: stamp[0])
+    index = KeywordIndex(kb, min_interval_s=0, max_busy_share=None)
+    try:
+        index.rebuild()
+        assert index.query("E417").top_score > 0
+        gone = [cid for cid in base.store.all_ids(Tier.hot) if "E417" in
+                base.store.get(Tier.hot, [cid])[0].text]
+        base.store.delete(Tier.hot, gone)
+        reads: list[int] = []
+        real_get = base.store.get
+        base.store.get = lambda tier, ids, **kw: reads.append(len(ids)) or real_get(tier, ids, **kw)
+        index.rebuild()
+        assert sum(reads) == 0  # nothing new to read
+        assert index.query("E417").top_score == 0
     finally:
         index.close()
