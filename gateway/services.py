@@ -41,4 +41,7 @@ async def chat_services(state: AppState) -> AsyncIterator[ChatService]:
                                 rate_per_s=settings.chat_rate_per_s) as sessions:
             service = ChatService(sessions, router, escalations)
             state.extras["chat"] = service
-            yield service
+            try:
+                yield service
+            finally:
+                router.close()
