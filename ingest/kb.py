@@ -138,19 +138,17 @@ class KnowledgeBase:
         allowed = frozenset(groups) | {PUBLIC_GROUP}
         now = self._clock()
         best: dict[str, Hit] = {}
-        overfetch = max(4 * k, 24)
+        # A few more than k per tier leave room for the ACL to drop some; a full page means
+        # there may be more, and only then does a filtered query run.
+        n = k + max(8, k // 2)
         for tier in Tier:
-            size = self.store.count(tier)
-            if size == 0:
-                continue
-            n = min(overfetch, size)
             raw = self.store.query(tier, vector, n)
             kept = [h for h in raw if _allowed(h.metadata, allowed)]
-            if len(kept) < k and n < size:
+            if len(kept) < k and len(raw) == n:
                 where = {"$or": [{"acl": {"$contains": g}} for g in sorted(allowed)]}
                 if len(allowed) == 1:
                     where = {"acl": {"$contains": PUBLIC_GROUP}}
-                kept = self.store.query(tier, vector, min(k * 2, size), where=where)
+                kept = self.store.query(tier, vector, k, where=where)
                 kept = [h for h in kept if _allowed(h.metadata, allowed)]
             for raw_hit in kept:
                 hit = self._score(raw_hit, now)
