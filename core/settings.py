@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     chat_rate_burst: float = Field(10.0, ge=1, description="Messages a session may send at once.")
     chat_rate_per_s: float = Field(1.0, gt=0, description="Messages a second refilled per session.")
     ack_hold_s: float = Field(
-        0.25, ge=0, description="Longest wait of a ready acknowledgment for the search to start.")
+        0.1, ge=0, description="Longest wait of a ready acknowledgment for the search to start.")
 
     supervisor_token: OptionalStr = Field(None, description="Bearer token of the supervisor UI.")
 

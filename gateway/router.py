@@ -1,9 +1,11 @@
 """The turn router: both agents at once, merged into one ordered stream.
 
 A turn is a race. The acknowledgment agent answers in milliseconds; the retrieval agent
-streams a grounded answer. The acknowledgment is sent once it is ready *and* the
-retrieval agent has started a knowledge-base search (so a prefetch hit or small talk,
-answered from memory, gets no acknowledgment), unless the answer has already begun.
+streams a grounded answer. Small talk gets no acknowledgment (the
+retrieval agent answers it at once). A turn that could be a prefetch hit holds its
+acknowledgment until the retrieval agent starts a knowledge-base search (at most
+``ack_hold_s``), so a hit answered from memory gets none; any other turn is acknowledged
+as soon as the acknowledgment is ready. Once the answer has begun, no acknowledgment is sent.
 Then the answer's deltas follow in the same stream. A new message or ``cancel`` cancels
 the turn: both agents stop, nothing more is sent but a ``done`` marked ``cancelled``.
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 from agents.ack import AckAgent
 from agents.escalation import detect_flags
+from agents.smalltalk import small_talk
 from agents.retrieval import AnswerDelta, AnswerFinal, RetrievalAgent, TurnContext
 from core.metrics import Metrics
 from gateway.escalations import EscalationQueue
@@ -54,7 +57,7 @@ class TurnRouter:
     """Runs turns for sessions."""
 
     def __init__(self, ack: AckAgent, retrieval: RetrievalAgent, escalations: EscalationQueue,
-                 metrics: Metrics, *, ack_hold_s: float = 0.25) -> None:
+                 metrics: Metrics, *, ack_hold_s: float = 0.1) -> None:
         self.ack = ack
         self.retrieval = retrieval
         self.escalations = escalations
@@ -95,17 +98,28 @@ class TurnRouter:
                               on_search=searching.set)
         final: AnswerFinal | None = None
 
+        # Small talk is answered at once by the retrieval agent: no acknowledgment. With an
+        # empty prefetch cache a search is certain: acknowledge as soon as the text is read.
+        # Otherwise the turn may be a prefetch hit: hold the acknowledgment (a little) until
+        # the retrieval agent says it must search.
+        social = small_talk(text) is not None
+        may_hit = len(session.cache) > 0
+
         async def acknowledge() -> None:
+            if social:
+                return
             ack = await asyncio.get_running_loop().run_in_executor(
                 self._ack_executor, functools.partial(self.ack.acknowledge, text,
                                                       session_key=session.id))
-            waits = [asyncio.ensure_future(searching.wait()), asyncio.ensure_future(answering.wait())]
-            try:
-                await asyncio.wait(waits, timeout=self.ack_hold_s,
-                                   return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
+            if may_hit:
+                waits = [asyncio.ensure_future(searching.wait()),
+                         asyncio.ensure_future(answering.wait())]
+                try:
+                    await asyncio.wait(waits, timeout=self.ack_hold_s,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
             if turn.answer_started:
                 return
             turn.ack_sent = True
