@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-ingest bench-query clean
+.PHONY: install run test lint bench clean
 
 install: $(STAMP)
 

@@ -1,4 +1,4 @@
-"""The ``duet`` command: ``serve``, ``ingest-worker``, ``load DIR``."""
+"""The ``duet`` command: ``serve``, ``ingest-worker``, ``load DIR``, ``chat``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def _settings():  # noqa: ANN202 - imported lazily so `duet --help` is instant
+def _settings():
     from core.logs import configure_logging
     from core.settings import Settings
 
@@ -80,6 +80,18 @@ def _load(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from channels.terminal import chat_url, run
+
+    url = args.url
+    if not url:
+        from core.settings import Settings
+
+        settings = Settings()
+        url = chat_url(host=settings.host, port=settings.port)
+    return run(chat_url(url), text=args.once, timeout_s=args.timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``duet`` command."""
     parser = argparse.ArgumentParser(prog="duet", description="Duet support gateway")
@@ -91,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("directory")
     load.add_argument("--source", default="cms", help="source of the documents (subject suffix)")
     load.add_argument("--acl", default="public", help="comma-separated groups allowed to read")
+    chat = sub.add_parser("chat", help="chat with a running gateway from the terminal")
+    chat.add_argument("--url", default=None,
+                      help="chat websocket (default: ws://DUET_HOST:DUET_PORT/v1/chat)")
+    chat.add_argument("--once", metavar="TEXT", default=None,
+                      help="send one message, print the reply and exit")
+    chat.add_argument("--timeout", type=float, default=60.0,
+                      help="with --once: longest wait for the reply, in seconds")
     args = parser.parse_args(argv)
 
     from core.errors import DuetError
@@ -98,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "chat":
+            return _chat(args)
         if args.command == "ingest-worker":
             with contextlib.suppress(KeyboardInterrupt):
                 return asyncio.run(_worker_main())

@@ -1,0 +1,127 @@
+"""``python -m bench.run [NAME ...]``: every benchmark in turn, then a table of headlines.
+
+Each benchmark writes its figures to ``bench-results/NAME.json``; the table at the end is
+read back from those files. A benchmark that fails is reported and the others still run
+(the exit status says so). Names: ingest, query, chat, stackfaq (default: all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import sys
+import time
+import traceback
+from typing import Any
+
+from bench.common import RESULTS
+
+__all__ = ["BENCHES", "main", "summary_rows"]
+
+#: name → module, in the order they run.
+BENCHES = {
+    "ingest": "bench.ingest_bench",
+    "query": "bench.query_bench",
+    "chat": "bench.chat_bench",
+    "stackfaq": "bench.stackfaq_bench",
+}
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _p(d: dict[str, Any] | None, *keys: str) -> str:
+    """``p50 / p99`` of a summary dict, in ms."""
+    if not d:
+        return "-"
+    return " / ".join(f"{d[k]:g}" for k in keys if k in d)
+
+
+def summary_rows() -> list[tuple[str, str, str]]:
+    """(benchmark, figure, value) rows from the saved results."""
+    rows: list[tuple[str, str, str]] = []
+    if (r := _load("ingest_latency")) is not None:
+        rows.append(("ingest", "published → retrievable, ms p50 / p99",
+                     _p(r.get("published_to_retrievable_ms (client)"), "p50", "p99")))
+    if (r := _load("ingest_throughput")) is not None:
+        rows.append(("ingest", "throughput, docs/s · chunks/s",
+                     f"{r.get('docs_per_s')} · {r.get('chunks_per_s')}"))
+    if (r := _load("query_latency")) is not None:
+        for key, value in r.items():
+            if key.endswith("_chunks") and isinstance(value, dict):
+                rows.append(("query", f"search_vector @ {key.split('_')[0]}, ms p50 / p90 / p99",
+                             _p(value["search_vector_ms"], "p50", "p90", "p99")))
+                rows.append(("query", f"search_text @ {key.split('_')[0]}, ms p50 / p99",
+                             _p(value["search_text_ms"], "p50", "p99")))
+    if (r := _load("chat_latency")) is not None:
+        for key, value in r.items():
+            if not (key.endswith("_sessions") and isinstance(value, dict)):
+                continue
+            level = key.split("_")[0]
+            rows.append(("chat", f"{level} sessions: ack first, ms p50 / p90 / p99",
+                         _p(value.get("ack_first_ms"), "p50", "p90", "p99")))
+            rows.append(("chat", f"{level} sessions: answer first, ms p50 / p90 / p99",
+                         _p(value.get("answer_first_ms"), "p50", "p90", "p99")))
+            rows.append(("chat", f"{level} sessions: done, ms p50 / p90 / p99",
+                         _p(value.get("done_ms"), "p50", "p90", "p99")))
+            rows.append(("chat", f"{level} sessions: turns with ack · turns/s · errors",
+                         f"{value.get('turns_with_ack')}/{value.get('completed')} · "
+                         f"{value.get('turns_per_s')} · {value.get('errors')}"))
+    if (r := _load("chat_prefetch")) is not None:
+        rows.append(("chat", "prefetch hit rate on scripted follow-ups (target 0.75)",
+                     f"{r.get('hit_rate')} ({r.get('hits')}/{r.get('conversations')})"))
+        rows.append(("chat", "answer first on hits / misses, ms p50",
+                     f"{_p(r.get('answer_first_ms_hits'), 'p50')} / "
+                     f"{_p(r.get('answer_first_ms_misses'), 'p50')}"))
+    if (r := _load("chat_vs_sequential")) is not None:
+        rows.append(("chat", "sequential whole answer / gateway first text, ms p50",
+                     f"{_p(r.get('sequential_complete_answer_ms'), 'p50')} / "
+                     f"{_p(r.get('gateway_first_visible_ms_1_session'), 'p50')} "
+                     f"(ratio {r.get('ratio_p50_sequential_over_first_visible')})"))
+    if (r := _load("stackfaq_retrieval")) is not None:
+        for name, value in (r.get("rankings") or {}).items():
+            rows.append(("stackfaq", f"{name}: MRR@10 · R@1 · R@5 · ms/query",
+                         f"{value['mrr@10']} · {value['recall@1']} · {value['recall@5']} · "
+                         f"{value['ms_per_query']['p50']}"))
+    return rows
+
+
+def _table(rows: list[tuple[str, str, str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(3)] if rows else [0, 0, 0]
+    lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the named benchmarks (default: all) and print the summary table."""
+    names = argv if argv else list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}", file=sys.stderr)
+        return 2
+    failed: list[str] = []
+    timings: dict[str, float] = {}
+    for name in names:
+        print(f"\n######## {name}", flush=True)
+        started = time.perf_counter()
+        try:
+            module = importlib.import_module(BENCHES[name])
+            asyncio.run(module.main())
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+        timings[name] = time.perf_counter() - started
+    print("\n######## summary (bench-results/*.json)")
+    print(_table(summary_rows()))
+    print("\n" + "  ".join(f"{n} {s:.0f} s" for n, s in timings.items()))
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
