@@ -24,8 +24,8 @@ from typing import Any
 
 from agents.ack import AckAgent
 from agents.escalation import detect_flags
-from agents.smalltalk import small_talk
 from agents.retrieval import AnswerDelta, AnswerFinal, RetrievalAgent, TurnContext
+from agents.smalltalk import small_talk
 from core.metrics import Metrics
 from gateway.escalations import EscalationQueue
 from gateway.protocol import ErrorCode, event

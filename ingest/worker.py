@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 import pydantic
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
@@ -118,10 +117,18 @@ class IngestWorker:
                     next_stats = now + 5.0
                 try:
                     msgs = await sub.fetch(self.settings.fetch_batch, timeout=1.0)
-                except NatsTimeout:
+                except TimeoutError:  # nats' own timeout and asyncio's: nothing to fetch
+                    continue
+                except Exception:  # a reconnect in progress, a server hiccup: retry shortly
+                    log.warning("fetch failed; retrying", exc_info=True)
+                    await asyncio.sleep(0.5)
                     continue
                 for msg in msgs:
-                    await self.handle(msg)
+                    try:
+                        await self.handle(msg)
+                    except Exception:  # settling failed (connection lost): redelivery heals it
+                        log.warning("could not settle an event; it will be redelivered",
+                                    exc_info=True)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
