@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -91,6 +92,7 @@ class OnnxEmbedder:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._inflight: dict[str, Future[np.ndarray]] = {}
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Embed texts in length-sorted batches (less padding)."""
@@ -105,18 +107,37 @@ class OnnxEmbedder:
         return out
 
     def embed_one(self, text: str) -> np.ndarray:
-        """Embed one text, remembering the most recent ones."""
+        """Embed one text, remembering the most recent ones.
+
+        Two threads asking for the same text at once (the acknowledgment and the retrieval
+        agent reading one message) share one inference: the second waits for the first.
+        """
         with self._lock:
             hit = self._cache.get(text)
             if hit is not None:
                 self._cache.move_to_end(text)
                 return hit
-        vector = self.embed([text])[0]
-        vector.setflags(write=False)
+            pending = self._inflight.get(text)
+            owner = pending is None
+            if owner:
+                pending = self._inflight[text] = Future()
+        assert pending is not None
+        if not owner:
+            return pending.result()
+        try:
+            vector = self.embed([text])[0]
+            vector.setflags(write=False)
+        except BaseException as exc:
+            pending.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._inflight.pop(text, None)
         with self._lock:
             self._cache[text] = vector
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
+        pending.set_result(vector)
         return vector
 
     def _run(self, encodings: list) -> np.ndarray:

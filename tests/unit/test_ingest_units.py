@@ -141,3 +141,24 @@ def test_example_env_lists_every_setting() -> None:
     text = (CONFIGS_DIR / "duet.env.example").read_text()
     missing = [name for name in Settings.model_fields if f"DUET_{name.upper()}=" not in text]
     assert missing == []
+
+
+def test_concurrent_embeddings_of_one_text_share_one_inference(embedder) -> None:  # noqa: ANN001
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls: list[int] = []
+    real = embedder.embed
+
+    def counting(texts: list[str]):  # noqa: ANN202
+        calls.append(len(texts))
+        return real(texts)
+
+    embedder.embed = counting
+    try:
+        text = "a text nobody has embedded before: the hub blinks amber twice"
+        with ThreadPoolExecutor(4) as pool:
+            vectors = list(pool.map(embedder.embed_one, [text] * 4))
+    finally:
+        del embedder.embed
+    assert len(calls) == 1
+    assert all(v is vectors[0] for v in vectors)
