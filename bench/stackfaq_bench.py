@@ -159,8 +159,10 @@ async def main() -> None:
             node = RetrieveNode(kb, keyword, k=k, weights=weights)
 
             def rank(q: str) -> list[str]:
-                _, scored = node._search(Rewrite(q, "fresh"), embed(q), ())
-                return [d.doc_id for d in rank_documents(scored)]
+                vector = embed(q)
+                result, scored = node._search(Rewrite(q, "fresh"), vector, ())
+                ranked = node._result(vector, scored, result.as_of, prefetch_hit=False)["ranked"]
+                return [d.doc_id for d in ranked]
             return rank
 
         def dense(k: int = 16) -> Callable[[str], list[str]]:

@@ -19,6 +19,7 @@ from agents.retrieval.hybrid import (
     rescore,
 )
 from agents.retrieval.state import RetrievalState
+from agents.retrieval.titles import TitleBlend, hits_in_document_order
 from agents.retrieval.turn import TurnContext
 from core.metrics import Metrics
 from ingest.kb import KnowledgeBase, SearchResult
@@ -36,6 +37,7 @@ class RetrieveNode:
         self._k = k
         self._weights = weights or FusionWeights()
         self._metrics = metrics
+        self._titles = TitleBlend(kb.embedder)
 
     async def __call__(self, state: RetrievalState, runtime: Runtime[TurnContext]) -> dict:
         turn = runtime.context
@@ -72,9 +74,9 @@ class RetrieveNode:
                                        n=self._weights.extra_candidates)
         return result, fuse(hits, keyword, self._weights)
 
-    @staticmethod
-    def _result(vector: np.ndarray, scored: list[ScoredHit], as_of: object, *,
+    def _result(self, vector: np.ndarray, scored: list[ScoredHit], as_of: object, *,
                 prefetch_hit: bool) -> dict:
-        return {"vector": vector, "ranked": rank_documents(scored),
-                "hits": [s.hit for s in scored][:8], "as_of": as_of,
+        ranked = self._titles.rerank(rank_documents(scored), vector)
+        return {"vector": vector, "ranked": ranked,
+                "hits": hits_in_document_order(scored, ranked)[:8], "as_of": as_of,
                 "prefetch_hit": prefetch_hit}
