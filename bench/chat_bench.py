@@ -367,6 +367,10 @@ def latency_report(turns: list[TurnTiming], wall_s: float, sessions: int,
     }
 
 
+#: Seconds between a reply and the next message of a person reading and typing.
+CUSTOMER_THINK_S = (3.0, 8.0)
+
+
 async def latency(gw: GatewayProcess) -> tuple[dict[str, Any], list[TurnTiming]]:
     """The three concurrency levels; returns the report and the one-session turns."""
     # Warm-up (unmeasured): every question once (phrased differently from the measured
@@ -391,6 +395,16 @@ async def latency(gw: GatewayProcess) -> tuple[dict[str, Any], list[TurnTiming]]
         report[f"{level}_sessions"] = latency_report(
             results, wall_s, level, gw.cpu_s() - cpu0, time.process_time() - client0)
         print(f"  {level} concurrent: {len(results)} turns in {wall_s:.1f} s", flush=True)
+        if level > 1:
+            # The same sessions at a customer's pace: read the reply, type the next message.
+            cpu0, client0 = gw.cpu_s(), time.process_time()
+            results, wall_s = await run_sessions(gw.ws_url, sessions, turns, seed=level + 1,
+                                                 think_s=CUSTOMER_THINK_S, ramp_s=3.0)
+            report[f"{level}_sessions_customer_pace"] = latency_report(
+                results, wall_s, level, gw.cpu_s() - cpu0, time.process_time() - client0)
+            print(f"  {level} concurrent at customer pace: {len(results)} turns in "
+                  f"{wall_s:.1f} s", flush=True)
+    report["customer_pace_think_time_s"] = list(CUSTOMER_THINK_S)
     return report, single
 
 

@@ -25,6 +25,7 @@ BENCHES = {
     "query": "bench.query_bench",
     "chat": "bench.chat_bench",
     "stackfaq": "bench.stackfaq_bench",
+    "ingest_under_load": "bench.ingest_under_load",
 }
 
 
@@ -56,11 +57,16 @@ def summary_rows() -> list[tuple[str, str, str]]:
                              _p(value["search_vector_ms"], "p50", "p90", "p99")))
                 rows.append(("query", f"search_text @ {key.split('_')[0]}, ms p50 / p99",
                              _p(value["search_text_ms"], "p50", "p99")))
+    if (r := _load("ingest_lag_under_chat_load")) is not None:
+        for phase in ("idle", "under_chat_load"):
+            rows.append(("ingest", f"{phase.replace('_', ' ')}: published → retrievable, ms p50 / p99",
+                         _p((r.get(phase) or {}).get("published_to_retrievable_ms (client)"),
+                            "p50", "p99")))
     if (r := _load("chat_latency")) is not None:
         for key, value in r.items():
-            if not (key.endswith("_sessions") and isinstance(value, dict)):
+            if not (key.endswith(("_sessions", "_customer_pace")) and isinstance(value, dict)):
                 continue
-            level = key.split("_")[0]
+            level = key.split("_")[0] + (" (customer pace)" if key.endswith("pace") else "")
             rows.append(("chat", f"{level} sessions: ack first, ms p50 / p90 / p99",
                          _p(value.get("ack_first_ms"), "p50", "p90", "p99")))
             rows.append(("chat", f"{level} sessions: answer first, ms p50 / p90 / p99",
