@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -64,7 +66,9 @@ class EmbeddedNats:
         log.info("starting embedded nats-server", extra={"url": self.url})
         # The server's log goes to a file: an unread pipe would fill up and stall it.
         self.log_path = self.store_dir / "nats-server.log"
-        self._proc = await asyncio.to_thread(self._spawn, cmd)
+        # Spawned from the event loop's own thread (a few ms, at start-up only): the
+        # parent-death signal below is tied to the thread that forks.
+        self._proc = self._spawn(cmd)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
@@ -83,8 +87,9 @@ class EmbeddedNats:
 
     def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
         with self.log_path.open("ab") as log_file:
-            return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            return subprocess.Popen(
+                cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL)."""
@@ -104,6 +109,16 @@ class EmbeddedNats:
 
     async def __aexit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the parent dies, even by SIGKILL (Linux ``prctl``).
+
+    Without it a killed ``duet serve`` would leave its nats-server running on the store
+    directory that the next start would then share.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def resolve_nats_url(configured: str | None, data_dir: Path) -> str | None:

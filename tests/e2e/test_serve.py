@@ -106,3 +106,21 @@ def test_load_without_a_server_says_what_to_do(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "duet_cli", "load", str(tmp_path)], env=env,
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "DUET_NATS_URL" in out.stderr
+
+
+def test_a_killed_serve_takes_its_nats_server_down(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    port = free_port()
+    proc = _serve(data_dir, port)
+    _wait(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200)
+    nats_port = (data_dir / "nats.url").read_text().strip().rsplit(":", 1)[1]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    def nats_gone() -> bool:
+        out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        return not any(f"-p {nats_port} " in line and "nats-server" in line
+                       for line in out.splitlines())
+
+    _wait(nats_gone, timeout_s=15)

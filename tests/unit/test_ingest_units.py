@@ -143,13 +143,13 @@ def test_example_env_lists_every_setting() -> None:
     assert missing == []
 
 
-def test_concurrent_embeddings_of_one_text_share_one_inference(embedder) -> None:  # noqa: ANN001
+def test_concurrent_embeddings_of_one_text_share_one_inference(embedder) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     calls: list[int] = []
     real = embedder.embed
 
-    def counting(texts: list[str]):  # noqa: ANN202
+    def counting(texts: list[str]):
         calls.append(len(texts))
         return real(texts)
 
