@@ -171,6 +171,10 @@ class Contextualizer:
             if _strong_anaphora(text) or self._similarity(text, topic) >= self.policy.related_min:
                 return self._complete(text, topic, terms)
             return Rewrite(text, "fresh")
+        if not own_entity and not _PIVOT.match(text) and _shares_topic_word(text, topic):
+            # "What do I do after the reset?" right after resetting a bulb: the definite
+            # noun points back at the topic even without a pronoun or a product name.
+            return self._complete(text, topic, terms)
         if not own_entity and short:
             if not content_words(text):  # "how much?", "why?": nothing but the topic to go on
                 return self._complete(text, topic, terms)
@@ -235,6 +239,13 @@ class Contextualizer:
 _IMPERSONAL = frozenset({"too", "possible", "ok", "okay", "safe", "normal", "true", "necessary",
                          "worth", "better", "easier", "allowed", "free", "required", "mandatory",
                          "common", "late", "early", "hard", "easy", "expensive", "cheaper"})
+
+
+def _shares_topic_word(text: str, topic: SessionTopic) -> bool:
+    """Whether the message repeats a content word (stemmed) of the last topic."""
+    own = {stem(w) for w in content_words(text)}
+    theirs = {stem(w) for w in content_words(f"{topic.anchor} {topic.title or ''}")}
+    return bool(own & theirs)
 
 
 def _pleonastic(words: list[str], i: int) -> bool:

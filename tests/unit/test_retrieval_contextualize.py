@@ -108,3 +108,12 @@ def test_impersonal_it_is_not_a_reference(contextualizer: Contextualizer, text: 
 def test_small_talk_is_neither(contextualizer: Contextualizer) -> None:
     rewrite = contextualizer.rewrite("thanks a lot!", [], HUB, ())
     assert rewrite.kind == "social" and rewrite.query == "thanks a lot!"
+
+
+def test_a_definite_noun_of_the_last_topic_makes_a_follow_up() -> None:
+    from agents.retrieval.cache import SessionTopic
+    from agents.retrieval.contextualize import _shares_topic_word
+
+    topic = SessionTopic(anchor="How do I reset a bulb?", title="Resetting a Bulb")
+    assert _shares_topic_word("What do I do after the reset?", topic)
+    assert not _shares_topic_word("How long does the refund take?", topic)
