@@ -17,8 +17,13 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.ingest_lag = Histogram(
-            "duet_ingest_lag_seconds", "Event timestamp to retrievable.", buckets=_LAG_BUCKETS_S,
-            registry=r,
+            "duet_ingest_lag_seconds", "Event received by JetStream to retrievable.",
+            buckets=_LAG_BUCKETS_S, registry=r,
+        )
+        self.event_age = Histogram(
+            "duet_event_to_retrievable_seconds",
+            "The event's own timestamp to retrievable (includes the source system's delay).",
+            buckets=_LAG_BUCKETS_S + (900, 3600, 86400), registry=r,
         )
         self.ingest_events = Counter(
             "duet_ingest_events_total", "Document events handled, by outcome.", ["outcome"],

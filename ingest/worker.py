@@ -183,8 +183,9 @@ class IngestWorker:
         if result.changed_index and self.on_change is not None:
             self.on_change(event.doc_id)
         if result.changed_index:
-            lag_s = max((datetime.now(UTC) - meta.timestamp).total_seconds(), 0.0)
-            self.metrics.ingest_lag.observe(lag_s)
+            now = datetime.now(UTC)
+            self.metrics.ingest_lag.observe(max((now - meta.timestamp).total_seconds(), 0.0))
+            self.metrics.event_age.observe(max((now - event.timestamp).total_seconds(), 0.0))
             if self.as_of is None or event.timestamp > self.as_of:
                 self.as_of = await self.registry.advance_as_of(event.timestamp)
         self.metrics.ingest_events.labels(result.outcome.value).inc()

@@ -111,7 +111,7 @@ async def test_healthz_reports_each_dependency(client: httpx.AsyncClient) -> Non
 async def test_metrics_exposes_ingest_series(client: httpx.AsyncClient) -> None:
     await client.post("/v1/documents", params={"wait": "true"}, json=DOC)
     text = (await client.get("/metrics")).text
-    for series in ("duet_ingest_lag_seconds_bucket", "duet_dead_letters_total",
+    for series in ("duet_ingest_lag_seconds_bucket", "duet_event_to_retrievable_seconds_bucket", "duet_dead_letters_total",
                    "duet_stale_versions_discarded_total", 'duet_ingest_events_total{outcome="applied"} 1.0',
                    "duet_consumer_pending", "duet_collection_chunks", "duet_as_of_age_seconds"):
         assert series in text, series
