@@ -66,10 +66,8 @@ class ChatService:
         if not session.limiter.take():
             raise ProtocolError(ErrorCode.rate_limited,
                                 "too many messages; slow down and try again shortly")
-        if message.id is not None:
-            earlier = session.remember_message_id(message.id, "pending")
-            if earlier is not None:
-                raise ProtocolError(ErrorCode.duplicate_message,
+        if message.id is not None and session.seen_before(message.id):
+            raise ProtocolError(ErrorCode.duplicate_message,
                                     f"message {message.id!r} was already received")
         await self.router.cancel(session)
         return self.router.start_turn(session, message.text)
@@ -168,7 +166,7 @@ async def chat_websocket(ws: WebSocket) -> None:
     """The chat websocket."""
     state = ws.app.state.duet
     await ws.accept()
-    await _Connection(ws, state.extras["chat"], state.metrics).run()
+    await _Connection(ws, state.chat, state.metrics).run()
 
 
 class ChatRequest(BaseModel):
@@ -190,7 +188,7 @@ def _refuse(code: str, message: str, status: int) -> JSONResponse:
 async def chat_http(request: Request) -> Response:
     """One turn over plain HTTP: a JSON body shaped like ``done``, or SSE of every event."""
     state = request.app.state.duet
-    chat: ChatService = state.extras["chat"]
+    chat: ChatService = state.chat
     try:
         body = ChatRequest.model_validate_json(await request.body())
         check_text(body.text)

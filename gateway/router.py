@@ -63,7 +63,6 @@ class TurnRouter:
         self.escalations = escalations
         self.metrics = metrics
         self.ack_hold_s = ack_hold_s
-        self._turns: dict[str, _Turn] = {}
         # The acknowledgment has its own thread: it never queues behind searches and answers
         # in the shared pool, which is what keeps it at milliseconds under load.
         self._ack_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duet-ack")
@@ -75,14 +74,13 @@ class TurnRouter:
     def start_turn(self, session: Session, text: str) -> str:
         """Start a turn as a session task; returns its id."""
         turn = _Turn(uuid.uuid4().hex[:16])
-        self._turns[session.id] = turn
-        session.start(self.run(session, text, turn), turn_id=turn.turn_id)
+        session.start(self.run(session, text, turn), turn=turn)
         return turn.turn_id
 
     async def cancel(self, session: Session) -> bool:
         """Stop the session's turn in progress; every accepted turn still ends in ``done``."""
+        turn: _Turn | None = session.turn
         cancelled = await session.cancel_turn()
-        turn = self._turns.pop(session.id, None)
         if cancelled and turn is not None and not turn.finished:
             await self._finish_cancelled(session, turn)  # cancelled before it even started
         return cancelled
@@ -110,7 +108,7 @@ class TurnRouter:
                 return
             ack = await asyncio.get_running_loop().run_in_executor(
                 self._ack_executor, functools.partial(self.ack.acknowledge, text,
-                                                      session_key=session.id))
+                                                      session_key=session.id, flags=flags))
             if may_hit:
                 waits = [asyncio.ensure_future(searching.wait()),
                          asyncio.ensure_future(answering.wait())]
@@ -157,7 +155,6 @@ class TurnRouter:
             raise
         except Exception as exc:  # an agent failed: say so, keep the session usable
             turn.finished = True
-            self._forget(session, turn)
             log.exception("turn failed", extra={"session_id": session.id, "turn_id": turn_id})
             self.metrics.turns.labels("failed").inc()
             self.metrics.errors.labels(ErrorCode.turn_failed).inc()
@@ -169,7 +166,6 @@ class TurnRouter:
 
     async def _finish(self, session: Session, turn: _Turn, text: str, final: AnswerFinal) -> None:
         turn.finished = True
-        self._forget(session, turn)
         total_ms = turn.elapsed_ms()
         reply = "".join(turn.parts)
         session.history.append(("user", text))
@@ -194,15 +190,10 @@ class TurnRouter:
                               groups=session.groups, cache=session.cache)
         session.start(self.retrieval.prefetch(context, final))
 
-    def _forget(self, session: Session, turn: _Turn) -> None:
-        if self._turns.get(session.id) is turn:
-            del self._turns[session.id]
-
     async def _finish_cancelled(self, session: Session, turn: _Turn) -> None:
         if turn.finished:
             return
         turn.finished = True
-        self._forget(session, turn)
         self.metrics.turns.labels("cancelled").inc()
         with contextlib.suppress(Exception):
             await session.emit(event(

@@ -22,7 +22,7 @@ __all__ = ["chat_services"]
 
 @contextlib.asynccontextmanager
 async def chat_services(state: AppState) -> AsyncIterator[ChatService]:
-    """Agents, router and session store for the app's lifetime (in ``state.extras``)."""
+    """Agents, router and session store for the app's lifetime (``state.chat``)."""
     settings = state.settings
     kb = state.runtime.kb
     assert kb is not None
@@ -40,7 +40,7 @@ async def chat_services(state: AppState) -> AsyncIterator[ChatService]:
                                 rate_burst=settings.chat_rate_burst,
                                 rate_per_s=settings.chat_rate_per_s) as sessions:
             service = ChatService(sessions, router, escalations)
-            state.extras["chat"] = service
+            state.chat = service
             try:
                 yield service
             finally:

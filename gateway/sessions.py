@@ -65,8 +65,9 @@ class Session:
         self.escalated = False
         self.last_active = time.monotonic()
         self.turn_task: asyncio.Task[None] | None = None
-        self.turn_id: str | None = None
-        self._seen_ids: OrderedDict[str, str] = OrderedDict()
+        #: The router's record of the latest turn (what it has sent, whether it ended).
+        self.turn: Any = None
+        self._seen_ids: OrderedDict[str, None] = OrderedDict()
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._spawn = spawn
@@ -122,23 +123,22 @@ class Session:
         complete = after >= self.seq or (bool(events) and events[0]["seq"] == after + 1)
         return events, complete
 
-    def remember_message_id(self, message_id: str, turn_id: str) -> str | None:
-        """The turn of an earlier message with this client id, else record it and None."""
+    def seen_before(self, message_id: str) -> bool:
+        """Whether a message with this client id came already (the last 1,024 are kept)."""
         if message_id in self._seen_ids:
-            return self._seen_ids[message_id]
-        self._seen_ids[message_id] = turn_id
+            return True
+        self._seen_ids[message_id] = None
         if len(self._seen_ids) > 1024:
             self._seen_ids.popitem(last=False)
-        return None
+        return False
 
-    def start(self, coro: Coroutine[Any, Any, None], *, turn_id: str | None = None
-              ) -> asyncio.Task[None]:
-        """Run ``coro`` as a task of this session (a turn when ``turn_id`` is given)."""
+    def start(self, coro: Coroutine[Any, Any, None], *, turn: Any = None) -> asyncio.Task[None]:
+        """Run ``coro`` as a task of this session (its current turn when ``turn`` is given)."""
         task = self._spawn(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        if turn_id is not None:
-            self.turn_task, self.turn_id = task, turn_id
+        if turn is not None:
+            self.turn_task, self.turn = task, turn
         return task
 
     async def cancel_turn(self) -> bool:

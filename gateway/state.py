@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from core.metrics import Metrics
 from core.settings import Settings
 from ingest.runtime import KnowledgeRuntime
+
+if TYPE_CHECKING:
+    from gateway.chat import ChatService
 
 __all__ = ["AppState"]
 
@@ -19,4 +22,5 @@ class AppState:
     settings: Settings
     metrics: Metrics
     runtime: KnowledgeRuntime
-    extras: dict[str, Any] = field(default_factory=dict)
+    #: Sessions, router and escalation queue (set by ``gateway.services`` at start-up).
+    chat: ChatService | None = None
