@@ -80,10 +80,13 @@ class AckAgent:
         self._lock = threading.Lock()
         self._kb_names = [i.name for i in intents.intents if not i.social]
 
-    def acknowledge(self, text: str, *, session_key: str = "",
-                    titles: Sequence[str] = ()) -> Acknowledgment:
-        """The acknowledgment of one message (blocking: one embedding, a few ms)."""
-        flags = detect_flags(text)
+    def acknowledge(self, text: str, *, session_key: str = "", titles: Sequence[str] = (),
+                    flags: tuple[EscalationFlag, ...] | None = None) -> Acknowledgment:
+        """The acknowledgment of one message (blocking: one embedding, a few ms).
+
+        ``flags``: the message's escalation flags when the caller has read them already.
+        """
+        flags = detect_flags(text) if flags is None else flags
         greeted = bool(_GREETING.match(text))
         after_greeting = _GREETING.sub("", text, count=1)
         thanked = bool(_THANKS.match(after_greeting))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,7 +58,6 @@ class SearchResult:
     hits: list[Hit]
     as_of: datetime | None
     took_ms: float
-    vector: np.ndarray | None = field(default=None, repr=False)
 
 
 def chunk_metadata(*, doc_id: str, version: int, title: str, url: str | None, heading: str,
@@ -159,7 +158,7 @@ class KnowledgeBase:
         took_ms = (time.perf_counter() - started) * 1000
         if self._metrics is not None:
             self._metrics.query_latency.observe(took_ms / 1000)
-        return SearchResult(hits=hits, as_of=self.as_of, took_ms=took_ms, vector=vector)
+        return SearchResult(hits=hits, as_of=self.as_of, took_ms=took_ms)
 
     def documents(self, doc_ids: Iterable[str], *, groups: Iterable[str] = ()) -> list[Hit]:
         """Every chunk of these documents the groups may see, unscored (blocking)."""
