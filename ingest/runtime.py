@@ -90,6 +90,9 @@ class KnowledgeRuntime:
             applier = Applier(store, embedder, self.registry,
                               min_content_chars=s.min_content_chars, metrics=self.metrics)
             aging = AgingJob(store, self.registry, s.hot_max_age, metrics=self.metrics)
+            # The registry watch reports every writer's changes, a moment later; the
+            # in-process worker also reports its own before announcing them, so a client
+            # told "applied" never gets an answer from a cache older than the change.
             self.worker = IngestWorker(self.nc, s, applier, store, self.registry, self.metrics,
                                        aging=aging, on_change=self.kb.note_change)
             task = asyncio.create_task(self.worker.run(), name="ingest-worker")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -151,13 +153,20 @@ def test_concurrent_embeddings_of_one_text_share_one_inference(embedder) -> None
 
     def counting(texts: list[str]):
         calls.append(len(texts))
+        time.sleep(0.3)  # a slow inference: the other threads arrive while it runs
         return real(texts)
 
     embedder.embed = counting
     try:
         text = "a text nobody has embedded before: the hub blinks amber twice"
+        barrier = threading.Barrier(4)
+
+        def ask(_: int) -> object:
+            barrier.wait()
+            return embedder.embed_one(text)
+
         with ThreadPoolExecutor(4) as pool:
-            vectors = list(pool.map(embedder.embed_one, [text] * 4))
+            vectors = list(pool.map(ask, range(4)))
     finally:
         del embedder.embed
     assert len(calls) == 1
