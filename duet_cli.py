@@ -89,7 +89,8 @@ def _chat(args: argparse.Namespace) -> int:
 
         settings = Settings()
         url = chat_url(host=settings.host, port=settings.port)
-    return run(chat_url(url), text=args.once, timeout_s=args.timeout)
+    return run(chat_url(url), text=args.once, timeout_s=args.timeout,
+               customer_token=args.token)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="send one message, print the reply and exit")
     chat.add_argument("--timeout", type=float, default=60.0,
                       help="with --once: longest wait for the reply, in seconds")
+    chat.add_argument("--token", default=None,
+                      help="customer token (JWT, see `duet token`) to chat as; default: anonymous")
     args = parser.parse_args(argv)
 
     from core.errors import DuetError

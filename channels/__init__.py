@@ -1,8 +1,13 @@
 """Channels: the ways a customer reaches the gateway.
 
-Each channel speaks the chat wire contract (shared/PROTOCOL.md §1) on the customer's
-side; the gateway does not know which one it talks to beyond ``hello.channel``.
-:mod:`channels.terminal` is the ``duet chat`` terminal client.
+Each channel turns its transport into :class:`gateway.service.ChatService` calls and renders
+the typed events of :mod:`gateway.events` its own way; none knows the agents or the router.
+Channels register through the ``duet.channels`` entry points (``pyproject.toml``):
+
+- :mod:`channels.chat_ws` — the chat websocket ``GET /v1/chat`` (docs/protocol.md §1);
+- :mod:`channels.chat_http` — ``POST /v1/chat``, JSON or server-sent events.
+
+:mod:`channels.terminal` is the ``duet chat`` terminal client (a client, not a channel).
 """
 
 __all__: list[str] = []

@@ -84,7 +84,7 @@ class TerminalChat:
 
     def __init__(self, url: str, *, out: TextIO | None = None, err: TextIO | None = None,
                  color: bool | None = None, retries: int = 8, first_retries: int = 2,
-                 channel: str = "terminal") -> None:
+                 channel: str = "terminal", customer_token: str | None = None) -> None:
         self.url = url
         self.out = out or sys.stdout
         self.err = err or sys.stderr
@@ -98,6 +98,10 @@ class TerminalChat:
         #: The session, once the server named it, and the last event seen (for resume).
         self.session_id: str | None = None
         self.last_seq = 0
+        #: The secret that resumes an anonymous session (from its first ``session`` event).
+        self.resume_token: str | None = None
+        #: The company-signed customer token, if any (``--token``).
+        self.customer_token = customer_token
         #: The ``done`` of the last finished turn, and whether the last turn failed.
         self.last_done: dict[str, Any] | None = None
         self.last_error: dict[str, Any] | None = None
@@ -137,7 +141,14 @@ class TerminalChat:
             self._ws = ws
             self._connected.set()
             try:
-                self._handle(json.loads(await ws.recv()))  # `session` (and the replay follows)
+                first = json.loads(await ws.recv())
+                if first.get("type") == "error" and self.session_id is not None:
+                    # the session could not be resumed (expired): continue in a new one
+                    self._notice("the earlier session has ended; continuing in a new one")
+                    self.session_id, self.resume_token, self.last_seq = None, None, 0
+                    await ws.send(json.dumps(self._hello()))
+                    first = json.loads(await ws.recv())
+                self._handle(first)  # `session` (and the replay follows)
                 if self._pending is not None:  # delivery unknown: the same id again
                     await ws.send(json.dumps(self._pending))
                 async for raw in ws:
@@ -154,11 +165,18 @@ class TerminalChat:
 
     async def _open(self) -> ClientConnection:
         ws = await connect(self.url, open_timeout=10, max_size=2**22)
+        await ws.send(json.dumps(self._hello()))
+        return ws
+
+    def _hello(self) -> dict[str, Any]:
         hello: dict[str, Any] = {"type": "hello", "channel": self.channel}
+        if self.customer_token:
+            hello["customer_token"] = self.customer_token
         if self.session_id is not None:
             hello |= {"session_id": self.session_id, "resume_from": self.last_seq}
-        await ws.send(json.dumps(hello))
-        return ws
+            if self.resume_token:
+                hello["resume_token"] = self.resume_token
+        return hello
 
     async def close(self) -> None:
         """Stop reconnecting and close the connection."""
@@ -240,6 +258,8 @@ class TerminalChat:
         elif self.session_id is not None and item.get("resumed"):
             self._notice("reconnected")
         self.session_id = sid
+        if item.get("resume_token"):
+            self.resume_token = item["resume_token"]
         if isinstance(item.get("seq"), int):
             self.last_seq = max(self.last_seq, item["seq"])
 
@@ -333,9 +353,10 @@ class TerminalChat:
 # ---------------------------------------------------------------------- the command
 
 
-async def once(url: str, text: str, *, timeout_s: float = 60.0) -> int:
+async def once(url: str, text: str, *, timeout_s: float = 60.0,
+               customer_token: str | None = None) -> int:
     """Send one message, print the reply, return the exit status."""
-    chat = TerminalChat(url)
+    chat = TerminalChat(url, customer_token=customer_token)
     status = 1
     async with asyncio.TaskGroup() as group:
         connection = group.create_task(chat.connection_loop())
@@ -369,9 +390,9 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | Non
         loop.call_soon_threadsafe(queue.put_nowait, None)
 
 
-async def interactive(url: str) -> int:
+async def interactive(url: str, *, customer_token: str | None = None) -> int:
     """Read lines until Ctrl-D; each line is one turn."""
-    chat = TerminalChat(url)
+    chat = TerminalChat(url, customer_token=customer_token)
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str | None] = asyncio.Queue()
     threading.Thread(target=_stdin_lines, args=(loop, lines), daemon=True,
@@ -430,11 +451,13 @@ async def interactive(url: str) -> int:
     return status
 
 
-def run(url: str, *, text: str | None = None, timeout_s: float = 60.0) -> int:
+def run(url: str, *, text: str | None = None, timeout_s: float = 60.0,
+        customer_token: str | None = None) -> int:
     """Entry point of ``duet chat``."""
     try:
         if text is not None:
-            return asyncio.run(once(url, text, timeout_s=timeout_s))
-        return asyncio.run(interactive(url))
+            return asyncio.run(once(url, text, timeout_s=timeout_s,
+                                    customer_token=customer_token))
+        return asyncio.run(interactive(url, customer_token=customer_token))
     except KeyboardInterrupt:
         return 130

@@ -68,6 +68,16 @@ class Metrics:
         self.prefetch = Counter(
             "duet_prefetch_total", "Prefetch cache lookups by result.", ["result"], registry=r
         )
+        self.journal_latency = Histogram(
+            "duet_session_journal_seconds",
+            "Appending one session event to the durable log (JetStream publish-ack).",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1), registry=r,
+        )
+        self.journal_failures = Counter(
+            "duet_session_journal_failures_total",
+            "Session events or records not written to JetStream (delivered anyway).",
+            registry=r,
+        )
         self.errors = Counter(
             "duet_client_errors_total", "Error events sent to clients, by code.", ["code"],
             registry=r,

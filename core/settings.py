@@ -98,6 +98,14 @@ class Settings(BaseSettings):
     chat_rate_per_s: float = Field(1.0, gt=0, description="Messages a second refilled per session.")
     ack_hold_s: float = Field(
         0.1, ge=0, description="Longest wait of a ready acknowledgment for the search to start.")
+    session_ttl_s: float = Field(
+        86400.0, ge=60, description="A session's durable form expires this long after its "
+        "last write (JetStream bucket DUET_SESSIONS and stream DUET_SESSION_LOG).")
+    durable_sessions: bool = Field(
+        True, description="Keep sessions in JetStream (restarts and other gateway processes "
+        "resume them); off: in process memory only.")
+    channels: str = Field(
+        "*", description="Channels to serve, comma-separated entry-point names (`*`: all).")
 
     supervisor_token: OptionalStr = Field(None, description="Bearer token of the supervisor UI.")
 

@@ -1,9 +1,11 @@
-"""The ASGI application: ``create_app(settings)``.
+"""The composition root: ``create_app(settings, channels=...)``.
 
 Its lifespan starts what the settings ask for: an embedded nats-server when
 ``DUET_NATS_URL`` is unset, the knowledge runtime (embedded Chroma or a Chroma server,
-the embedding model, the ingest worker when ``DUET_RUN_WORKER``), and the sample
-knowledge base when ``DUET_LOAD_SAMPLE_KB``.
+the embedding model, the ingest worker when ``DUET_RUN_WORKER``), the chat service, the
+sample knowledge base when ``DUET_LOAD_SAMPLE_KB``, and then each channel's own start-up
+work. The gateway's own routes (documents, health, metrics) are mounted with every
+channel's routes; channels are found by :func:`gateway.channel.load_channels`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -20,7 +22,9 @@ from starlette.middleware import Middleware
 from core.metrics import Metrics
 from core.natsd import EmbeddedNats
 from core.settings import CONFIGS_DIR, Settings
-from gateway import chat, documents, ops
+from gateway import documents, ops
+from gateway.auth import CustomerTokens
+from gateway.channel import Channel, load_channels
 from gateway.limits import BodyLimitMiddleware
 from gateway.services import chat_services
 from gateway.state import AppState
@@ -44,9 +48,11 @@ async def _load_sample_kb(runtime: KnowledgeRuntime) -> None:
     log.info("sample knowledge base published", extra={"documents": count})
 
 
-def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlette:
-    """The gateway for these settings."""
+def create_app(settings: Settings, *, metrics: Metrics | None = None,
+               channels: Sequence[Channel] | None = None) -> Starlette:
+    """The gateway for these settings, serving ``channels`` (default: ``DUET_CHANNELS``)."""
     metrics = metrics or Metrics()
+    channels = list(load_channels(settings) if channels is None else channels)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -61,20 +67,21 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
             runtime = await stack.enter_async_context(
                 KnowledgeRuntime(settings, nats_url, metrics=metrics,
                                  run_worker=settings.run_worker))
-            state = AppState(settings=settings, metrics=metrics, runtime=runtime)
+            state = AppState(settings=settings, metrics=metrics, runtime=runtime,
+                             customer_tokens=CustomerTokens(settings))
             app.state.duet = state
             async with asyncio.TaskGroup() as tasks:
                 if settings.load_sample_kb:
                     tasks.create_task(_load_sample_kb(runtime))
-                for start in app.state.startup_hooks:
-                    await stack.enter_async_context(start(state))
+                await stack.enter_async_context(chat_services(state))
+            for channel in channels:
+                await stack.enter_async_context(channel.lifespan(state))
             log.info("gateway ready", extra={"nats": nats_url})
             yield
 
-    app = Starlette(
-        routes=[*ops.routes, *documents.routes, *chat.routes],
+    channel_routes = [route for channel in channels for route in channel.routes()]
+    return Starlette(
+        routes=[*ops.routes, *documents.routes, *channel_routes],
         middleware=[Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)],
         lifespan=lifespan,
     )
-    app.state.startup_hooks = [chat_services]
-    return app

@@ -14,6 +14,8 @@ class Escalation:
 
     session_id: str
     reason: str
+    #: The customer's own words when they asked for a person.
+    note: str | None = None
     since: float = field(default_factory=time.time)
 
 
@@ -23,10 +25,13 @@ class EscalationQueue:
     def __init__(self) -> None:
         self._waiting: dict[str, Escalation] = {}
 
-    def enqueue(self, session_id: str, reason: str) -> int:
+    def enqueue(self, session_id: str, reason: str, *, note: str | None = None) -> int:
         """Add the session (if not already waiting); returns its 1-based position."""
-        if session_id not in self._waiting:
-            self._waiting[session_id] = Escalation(session_id, reason)
+        waiting = self._waiting.get(session_id)
+        if waiting is None:
+            self._waiting[session_id] = Escalation(session_id, reason, note)
+        elif note:
+            waiting.note = note
         return list(self._waiting).index(session_id) + 1
 
     def remove(self, session_id: str) -> Escalation | None:

@@ -1,17 +1,19 @@
-"""The chat wire contract (shared/PROTOCOL.md §1): client messages in, server events out.
+"""The chat wire contract (docs/protocol.md §1): client messages in.
 
 Client messages are validated with pydantic; anything that fails gets an ``error`` event
-with one of the codes below and changes nothing. Server events are plain dicts built by
-:func:`event`, so extensions (new optional fields) need no model change.
+with one of the codes below and changes nothing. Server events are typed in
+:mod:`gateway.events`.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from core.errors import DuetError
 
 __all__ = [
     "MAX_TEXT_CHARS",
@@ -21,7 +23,7 @@ __all__ = [
     "Handoff",
     "Hello",
     "ProtocolError",
-    "UserMessage",
+    "SendMessage",
     "parse_client_message",
 ]
 
@@ -43,20 +45,22 @@ class ErrorCode:
     resume_gap = "resume_gap"
     no_turn = "no_turn"
     turn_failed = "turn_failed"
+    unauthorized = "unauthorized"
+    unavailable = "unavailable"
     fatal = "fatal"
 
 
-class ProtocolError(Exception):
-    """A client message that cannot be accepted; becomes an ``error`` event."""
+class ProtocolError(DuetError):
+    """A client message that cannot be accepted; becomes an ``error`` event (or, over
+    plain HTTP, an error body)."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message, retryable=retryable)
         self.code = code
-        self.message = message
 
 
 class Customer(BaseModel):
-    """Who the customer is, as far as retrieval is concerned."""
+    """The old, client-claimed identity: accepted for compatibility, grants nothing."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -73,14 +77,19 @@ class Hello(BaseModel):
 
     type: Literal["hello"] = Field(description="Message type.")
     session_id: Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)] | None = Field(
-        None, description="Session to open or resume; absent: a new one.")
-    customer: Customer | None = Field(None, description="Customer id and ACL groups.")
+        None, description="Session to resume; absent: a new one.")
+    customer_token: Annotated[str, StringConstraints(min_length=1, max_length=8192)] | None = (
+        Field(None, description="The company's signed JWT for this customer (groups, sub)."))
+    resume_token: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        None, description="An anonymous session's resume secret (from its `session` event).")
+    customer: Customer | None = Field(
+        None, description="Ignored: the old client-claimed identity grants nothing.")
     channel: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_\-]{0,31}$")] = Field(
         "web", description="Channel the customer uses.")
     resume_from: int | None = Field(None, ge=0, description="Replay events with seq > this.")
 
 
-class UserMessage(BaseModel):
+class SendMessage(BaseModel):
     """One user turn."""
 
     model_config = ConfigDict(extra="forbid")
@@ -109,9 +118,9 @@ class Handoff(BaseModel):
         None, description="Why, in the customer's words.")
 
 
-ClientMessage = Hello | UserMessage | Cancel | Handoff
+ClientMessage = Hello | SendMessage | Cancel | Handoff
 _BY_TYPE: dict[str, type[BaseModel]] = {
-    "hello": Hello, "message": UserMessage, "cancel": Cancel, "handoff": Handoff,
+    "hello": Hello, "message": SendMessage, "cancel": Cancel, "handoff": Handoff,
 }
 
 
@@ -121,6 +130,8 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.invalid_json, f"not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ProtocolError(ErrorCode.invalid_json, "JSON nested too deeply") from exc
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.invalid_message, "a message must be a JSON object")
     kind = data.get("type")
@@ -134,7 +145,7 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
         detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}"
                            for e in exc.errors())
         raise ProtocolError(ErrorCode.invalid_message, detail) from exc
-    if isinstance(message, UserMessage):
+    if isinstance(message, SendMessage):
         check_text(message.text)
     return message  # type: ignore[return-value]
 
@@ -146,8 +157,3 @@ def check_text(text: str) -> None:
     if len(text) > MAX_TEXT_CHARS:
         raise ProtocolError(ErrorCode.message_too_long,
                             f"message text has {len(text)} characters; at most {MAX_TEXT_CHARS}")
-
-
-def event(kind: str, **fields: Any) -> dict[str, Any]:
-    """A server event (``session_id`` and ``seq`` are stamped by the session)."""
-    return {"type": kind, **fields}

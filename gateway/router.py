@@ -1,13 +1,13 @@
-"""The turn router: both agents at once, merged into one ordered stream.
+"""The turn router: both agents at once, merged into one ordered stream of typed events.
 
 A turn is a race. The acknowledgment agent answers in milliseconds; the retrieval agent
-streams a grounded answer. Small talk gets no acknowledgment (the
-retrieval agent answers it at once). A turn that could be a prefetch hit holds its
-acknowledgment until the retrieval agent starts a knowledge-base search (at most
-``ack_hold_s``), so a hit answered from memory gets none; any other turn is acknowledged
-as soon as the acknowledgment is ready. Once the answer has begun, no acknowledgment is sent.
-Then the answer's deltas follow in the same stream. A new message or ``cancel`` cancels
-the turn: both agents stop, nothing more is sent but a ``done`` marked ``cancelled``.
+streams a grounded answer. Small talk gets no acknowledgment (the retrieval agent answers
+it at once). A turn that could be a prefetch hit holds its acknowledgment until the
+retrieval agent starts a knowledge-base search (at most ``ack_hold_s``), so a hit answered
+from memory gets none; any other turn is acknowledged as soon as the acknowledgment is
+ready. Once the answer has begun, no acknowledgment is sent. The acknowledgment is
+best-effort: if it fails, the answer still comes. A new message or ``cancel`` cancels the
+turn: both agents stop, nothing more is sent but a ``done`` marked ``cancelled``.
 """
 
 from __future__ import annotations
@@ -23,25 +23,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.ack import AckAgent
-from agents.escalation import detect_flags
+from agents.escalation import EscalationFlag, detect_flags
 from agents.retrieval import AnswerDelta, AnswerFinal, RetrievalAgent, TurnContext
 from agents.smalltalk import small_talk
 from core.metrics import Metrics
 from gateway.escalations import EscalationQueue
-from gateway.protocol import ErrorCode, event
-from gateway.sessions import Session
+from gateway.events import CitationOut, Delta, Done, ErrorEvent, Escalated, Timings, UserMessage
+from gateway.protocol import ErrorCode
+from gateway.sessions import Interrupted, Session
 
-__all__ = ["TurnRouter"]
+__all__ = ["Turn", "TurnRouter"]
 
 log = logging.getLogger("duet.gateway")
 
 
 @dataclass
-class _Turn:
+class Turn:
     """What one turn has sent so far."""
 
     turn_id: str
-    started: float = field(default_factory=time.perf_counter)
+    text: str
+    clock: Any = time.perf_counter
+    started: float = -1.0
     parts: list[str] = field(default_factory=list)
     ack_sent: bool = False
     answer_started: bool = False
@@ -49,20 +52,32 @@ class _Turn:
     answer_first_ms: float | None = None
     finished: bool = False
 
+    def __post_init__(self) -> None:
+        if self.started < 0:
+            self.started = self.clock()
+
     def elapsed_ms(self) -> float:
-        return round((time.perf_counter() - self.started) * 1000, 2)
+        """Milliseconds since the turn started."""
+        return round((self.clock() - self.started) * 1000, 2)
+
+    def timings(self) -> Timings:
+        """The turn's latencies so far."""
+        return Timings(ack_first=self.ack_first_ms, answer_first=self.answer_first_ms,
+                       total=self.elapsed_ms())
 
 
 class TurnRouter:
     """Runs turns for sessions."""
 
     def __init__(self, ack: AckAgent, retrieval: RetrievalAgent, escalations: EscalationQueue,
-                 metrics: Metrics, *, ack_hold_s: float = 0.1) -> None:
+                 metrics: Metrics, *, ack_hold_s: float = 0.1,
+                 clock: Any = time.perf_counter) -> None:
         self.ack = ack
         self.retrieval = retrieval
         self.escalations = escalations
         self.metrics = metrics
         self.ack_hold_s = ack_hold_s
+        self.clock = clock
         # The acknowledgment has its own thread: it never queues behind searches and answers
         # in the shared pool, which is what keeps it at milliseconds under load.
         self._ack_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duet-ack")
@@ -71,153 +86,181 @@ class TurnRouter:
         """Stop the acknowledgment thread."""
         self._ack_executor.shutdown(wait=False, cancel_futures=True)
 
-    def start_turn(self, session: Session, text: str) -> str:
-        """Start a turn as a session task; returns its id."""
-        turn = _Turn(uuid.uuid4().hex[:16])
-        session.start(self.run(session, text, turn), turn=turn)
+    async def start_turn(self, session: Session, text: str, *,
+                         message_id: str | None = None) -> str:
+        """Log the customer's message and start its turn as a session task; returns its id."""
+        turn = Turn(uuid.uuid4().hex[:16], text, clock=self.clock)
+        await session.emit(UserMessage(turn_id=turn.turn_id, text=text, id=message_id))
+        session.start(_TurnRun(self, session, turn).run(), turn=turn)
         return turn.turn_id
 
     async def cancel(self, session: Session) -> bool:
         """Stop the session's turn in progress; every accepted turn still ends in ``done``."""
-        turn: _Turn | None = session.turn
+        turn: Turn | None = session.turn
         cancelled = await session.cancel_turn()
         if cancelled and turn is not None and not turn.finished:
-            await self._finish_cancelled(session, turn)  # cancelled before it even started
+            await self.finish_cancelled(session, turn)  # cancelled before it even started
         return cancelled
 
-    async def run(self, session: Session, text: str, turn: _Turn) -> None:
-        """One turn, from the customer's text to ``done`` (and ``escalated``)."""
-        turn_id = turn.turn_id
-        searching = asyncio.Event()
-        answering = asyncio.Event()
-        flags = detect_flags(text)
-        context = TurnContext(session_id=session.id, text=text, history=list(session.history),
-                              groups=session.groups, cache=session.cache, flags=flags,
-                              on_search=searching.set)
-        final: AnswerFinal | None = None
+    async def recover(self, session: Session, pending: Interrupted) -> str:
+        """Close a turn its gateway process never finished, then run it again."""
+        self.metrics.turns.labels("interrupted").inc()
+        await session.emit(Done(turn_id=pending.turn_id, text=pending.reply, cancelled=True,
+                                interrupted=True, timings_ms=Timings(total=0.0)))
+        return await self.start_turn(session, pending.text)
 
-        # Small talk is answered at once by the retrieval agent: no acknowledgment. With an
-        # empty prefetch cache a search is certain: acknowledge as soon as the text is read.
-        # Otherwise the turn may be a prefetch hit: hold the acknowledgment (a little) until
-        # the retrieval agent says it must search.
-        social = small_talk(text) is not None
-        may_hit = len(session.cache) > 0
-
-        async def acknowledge() -> None:
-            if social:
-                return
-            ack = await asyncio.get_running_loop().run_in_executor(
-                self._ack_executor, functools.partial(self.ack.acknowledge, text,
-                                                      session_key=session.id, flags=flags))
-            if may_hit:
-                waits = [asyncio.ensure_future(searching.wait()),
-                         asyncio.ensure_future(answering.wait())]
-                try:
-                    await asyncio.wait(waits, timeout=self.ack_hold_s,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for w in waits:
-                        w.cancel()
-            if turn.answer_started:
-                return
-            turn.ack_sent = True
-            turn.ack_first_ms = turn.elapsed_ms()
-            turn.parts.append(ack.text)
-            await session.emit(event("delta", turn_id=turn_id, source="ack", text=ack.text))
-
-        async def answer() -> None:
-            nonlocal final
-            stream = self.retrieval.stream(context)
-            async with contextlib.aclosing(stream):
-                async for item in stream:
-                    if isinstance(item, AnswerFinal):
-                        final = item
-                        continue
-                    assert isinstance(item, AnswerDelta)
-                    if not item.text:
-                        continue
-                    piece = item.text
-                    if not turn.answer_started:
-                        turn.answer_started = True
-                        answering.set()
-                        turn.answer_first_ms = turn.elapsed_ms()
-                        if turn.ack_sent:
-                            piece = " " + piece.lstrip()
-                    turn.parts.append(piece)
-                    await session.emit(event("delta", turn_id=turn_id, source="answer", text=piece))
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(acknowledge())
-                group.create_task(answer())
-        except asyncio.CancelledError:
-            await self._finish_cancelled(session, turn)
-            raise
-        except Exception as exc:  # an agent failed: say so, keep the session usable
-            turn.finished = True
-            log.exception("turn failed", extra={"session_id": session.id, "turn_id": turn_id})
-            self.metrics.turns.labels("failed").inc()
-            self.metrics.errors.labels(ErrorCode.turn_failed).inc()
-            await session.emit(event("error", turn_id=turn_id, code=ErrorCode.turn_failed,
-                                     message=f"the answer could not be built: {type(exc).__name__}"))
-            return
-        assert final is not None, "the retrieval agent ended without a final answer"
-        await self._finish(session, turn, text, final)
-
-    async def _finish(self, session: Session, turn: _Turn, text: str, final: AnswerFinal) -> None:
-        turn.finished = True
-        total_ms = turn.elapsed_ms()
-        reply = "".join(turn.parts)
-        session.history.append(("user", text))
-        session.history.append(("assistant", final.text))
-        del session.history[:-40]
-        timings = {"ack_first": turn.ack_first_ms, "answer_first": turn.answer_first_ms,
-                   "total": total_ms}
-        for phase, value in timings.items():
-            if value is not None:
-                self.metrics.turn_latency.labels(phase).observe(value / 1000)
-        self.metrics.turns.labels(final.decision).inc()
-        await session.emit(event(
-            "done", turn_id=turn.turn_id, text=reply,
-            citations=[_citation(c) for c in final.citations],
-            as_of=_iso(final.as_of), confidence=round(final.confidence, 4), timings_ms=timings,
-            decision=final.decision, prefetch_hit=final.prefetch_hit,
-            rewritten_query=final.rewritten_query,
-        ))
-        if final.escalate_reason and not session.escalated:
-            await self.escalate(session, final.escalate_reason, turn_id=turn.turn_id)
-        context = TurnContext(session_id=session.id, text=text, history=list(session.history),
-                              groups=session.groups, cache=session.cache)
-        session.start(self.retrieval.prefetch(context, final))
-
-    async def _finish_cancelled(self, session: Session, turn: _Turn) -> None:
+    async def finish_cancelled(self, session: Session, turn: Turn) -> None:
+        """End a stopped turn with a ``done`` marked ``cancelled`` (once)."""
         if turn.finished:
             return
         turn.finished = True
         self.metrics.turns.labels("cancelled").inc()
         with contextlib.suppress(Exception):
-            await session.emit(event(
-                "done", turn_id=turn.turn_id, text="".join(turn.parts), citations=[],
-                as_of=None, confidence=0.0, cancelled=True,
-                timings_ms={"ack_first": turn.ack_first_ms, "answer_first": turn.answer_first_ms,
-                            "total": turn.elapsed_ms()},
-            ))
+            await session.emit(Done(turn_id=turn.turn_id, text="".join(turn.parts),
+                                    cancelled=True, timings_ms=turn.timings()))
 
-    async def escalate(self, session: Session, reason: str, *, turn_id: str | None = None) -> None:
-        """Put the conversation in the human queue and tell the customer."""
+    async def escalate(self, session: Session, reason: str, *, turn_id: str | None = None,
+                       note: str | None = None) -> None:
+        """Put the conversation in the human queue and tell the customer (``note``: the
+        customer's own words, for the supervisor; never part of the history)."""
         session.escalated = True
-        position = self.escalations.enqueue(session.id, reason)
+        position = self.escalations.enqueue(session.id, reason, note=note)
         self.metrics.escalations.labels(reason).inc()
-        fields: dict[str, Any] = {"reason": reason, "queue_position": position}
-        if turn_id:
-            fields["turn_id"] = turn_id
-        await session.emit(event("escalated", **fields))
+        await session.emit(Escalated(turn_id=turn_id, reason=reason, queue_position=position))
+        await session.save()
+
+    async def acknowledgment(self, text: str, *, session_key: str,
+                             flags: tuple[EscalationFlag, ...]) -> str:
+        """The acknowledgment agent's words, computed on its own thread."""
+        ack = await asyncio.get_running_loop().run_in_executor(
+            self._ack_executor, functools.partial(self.ack.acknowledge, text,
+                                                  session_key=session_key, flags=flags))
+        return ack.text
 
 
-def _iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+class _TurnRun:
+    """One turn, from the customer's text to ``done`` (and ``escalated``)."""
 
+    def __init__(self, router: TurnRouter, session: Session, turn: Turn) -> None:
+        self.router = router
+        self.session = session
+        self.turn = turn
+        self.searching = asyncio.Event()
+        self.answering = asyncio.Event()
+        self.flags = detect_flags(turn.text)
+        self.final: AnswerFinal | None = None
 
-def _citation(c: Any) -> dict[str, Any]:
-    return {"doc_id": c.doc_id, "title": c.title, "url": c.url, "version": c.version,
-            "updated_at": _iso(c.updated_at)}
+    async def run(self) -> None:
+        router, session, turn = self.router, self.session, self.turn
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._acknowledge())
+                group.create_task(self._answer())
+        except asyncio.CancelledError:
+            await router.finish_cancelled(session, turn)
+            raise
+        except Exception as exc:  # the answer failed: say so, keep the session usable
+            turn.finished = True
+            cause = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc
+            log.error("turn failed", exc_info=cause,
+                      extra={"session_id": session.id, "turn_id": turn.turn_id})
+            router.metrics.turns.labels("failed").inc()
+            router.metrics.errors.labels(ErrorCode.turn_failed).inc()
+            await session.emit(ErrorEvent(
+                turn_id=turn.turn_id, code=ErrorCode.turn_failed,
+                message="the answer could not be built; please try again"))
+            await session.emit(Done(turn_id=turn.turn_id, text="".join(turn.parts),
+                                    timings_ms=turn.timings(), decision="fallback"))
+            return
+        assert self.final is not None, "the retrieval agent ended without a final answer"
+        await self._finish(self.final)
+
+    async def _acknowledge(self) -> None:
+        """Send the acknowledgment unless the answer is first; never fails the turn."""
+        session, turn = self.session, self.turn
+        # Small talk is answered at once by the retrieval agent: no acknowledgment. With an
+        # empty prefetch cache a search is certain: acknowledge as soon as the text is read.
+        # Otherwise the turn may be a prefetch hit: hold the acknowledgment (a little) until
+        # the retrieval agent says it must search.
+        if small_talk(turn.text) is not None:
+            return
+        may_hit = len(session.cache) > 0
+        try:
+            text = await self.router.acknowledgment(turn.text, session_key=session.id,
+                                                    flags=self.flags)
+        except Exception:
+            log.exception("acknowledgment failed; the answer goes on",
+                          extra={"session_id": session.id, "turn_id": turn.turn_id})
+            self.router.metrics.errors.labels("ack_failed").inc()
+            return
+        if may_hit:
+            await self._hold()
+        if turn.answer_started or not text:
+            return
+        turn.ack_sent = True
+        turn.ack_first_ms = turn.elapsed_ms()
+        turn.parts.append(text)
+        await session.emit(Delta(turn_id=turn.turn_id, source="ack", text=text))
+
+    async def _hold(self) -> None:
+        """Wait until the retrieval agent searches or answers, at most ``ack_hold_s``."""
+        waits = [asyncio.ensure_future(self.searching.wait()),
+                 asyncio.ensure_future(self.answering.wait())]
+        try:
+            await asyncio.wait(waits, timeout=self.router.ack_hold_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _answer(self) -> None:
+        session, turn = self.session, self.turn
+        context = TurnContext(session_id=session.id, text=turn.text,
+                              history=list(session.history), groups=session.groups,
+                              cache=session.cache, flags=self.flags,
+                              on_search=self.searching.set)
+        stream = self.router.retrieval.stream(context)
+        async with contextlib.aclosing(stream):
+            async for item in stream:
+                if isinstance(item, AnswerFinal):
+                    self.final = item
+                elif isinstance(item, AnswerDelta) and item.text:
+                    await self._emit_answer(item.text)
+
+    async def _emit_answer(self, piece: str) -> None:
+        turn = self.turn
+        if not turn.answer_started:
+            turn.answer_started = True
+            self.answering.set()
+            turn.answer_first_ms = turn.elapsed_ms()
+            if turn.ack_sent:
+                piece = " " + piece.lstrip()
+        turn.parts.append(piece)
+        await self.session.emit(Delta(turn_id=turn.turn_id, source="answer", text=piece))
+
+    async def _finish(self, final: AnswerFinal) -> None:
+        router, session, turn = self.router, self.session, self.turn
+        turn.finished = True
+        timings = turn.timings()
+        session.remember(turn.text, final.text)
+        for phase, value in timings.model_dump().items():
+            if value is not None:
+                router.metrics.turn_latency.labels(phase).observe(value / 1000)
+        router.metrics.turns.labels(final.decision).inc()
+        await session.emit(Done(
+            turn_id=turn.turn_id, text="".join(turn.parts),
+            citations=[CitationOut(doc_id=c.doc_id, title=c.title, url=c.url,
+                                   version=c.version, updated_at=c.updated_at)
+                       for c in final.citations],
+            as_of=final.as_of, confidence=round(min(1.0, max(0.0, final.confidence)), 4),
+            timings_ms=timings, decision=final.decision, prefetch_hit=final.prefetch_hit,
+            rewritten_query=final.rewritten_query,
+        ))
+        if final.escalate_reason and not session.escalated:
+            await router.escalate(session, final.escalate_reason, turn_id=turn.turn_id)
+        else:
+            await session.save()
+        context = TurnContext(session_id=session.id, text=turn.text,
+                              history=list(session.history), groups=session.groups,
+                              cache=session.cache)
+        session.start(router.retrieval.prefetch(context, final))

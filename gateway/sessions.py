@@ -1,28 +1,46 @@
 """Chat sessions: per-session sequence numbers, the event log for resume, history, cache.
 
-A session outlives its connections (a client may drop and resume with ``resume_from``);
-it ends after ``DUET_SESSION_IDLE_S`` without activity or subscriber. Every task a session
-starts (its turn, its prefetch) is created in the store's ``TaskGroup`` and cancelled
-with the session: none is left behind.
+A session outlives its connections (a client may drop and resume with ``resume_from``) and,
+with a :class:`~gateway.store.SessionJournal`, its process: every emitted event is appended
+to the durable log before subscribers get it, and the record (owner, history) is saved after
+every turn, so a restarted gateway, or another gateway process on the same NATS, loads the
+session when its customer comes back. Events that another process appends to a session
+reach this process's subscribers too (a plain NATS subscription on the log subject while
+anyone here listens).
+
+In memory a session ends after ``DUET_SESSION_IDLE_S`` without activity or subscriber; its
+durable form expires after ``DUET_SESSION_TTL_S``. Every task a session starts (its turn,
+its prefetch) is created in the registry's ``TaskGroup`` and cancelled with the session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
+import secrets
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from agents.retrieval import PrefetchCache
+from nats.aio.client import Client as NATS
 
-__all__ = ["Session", "SessionStore", "TokenBucket"]
+from agents.retrieval import PrefetchCache
+from core.errors import DependencyError
+from core.metrics import Metrics
+from gateway.events import Delta, Done, ServerEvent, UserMessage, parse_event
+from gateway.store import HEARTBEAT_TTL_S, JournalConflict, Logged, SessionJournal, SessionRecord
+
+__all__ = ["Interrupted", "Session", "Sessions", "TokenBucket"]
 
 log = logging.getLogger("duet.gateway")
+
+HISTORY_TURNS = 20
 
 
 @dataclass
@@ -31,14 +49,15 @@ class TokenBucket:
 
     burst: float
     per_s: float
+    clock: Callable[[], float] = time.monotonic
     tokens: float = -1.0
-    stamp: float = field(default_factory=time.monotonic)
+    stamp: float = -1.0
 
     def take(self) -> bool:
         """Spend one token if there is one."""
-        now = time.monotonic()
+        now = self.clock()
         if self.tokens < 0:
-            self.tokens = self.burst
+            self.tokens, self.stamp = self.burst, now
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.per_s)
         self.stamp = now
         if self.tokens >= 1:
@@ -47,48 +66,182 @@ class TokenBucket:
         return False
 
 
+@dataclass(frozen=True)
+class Interrupted:
+    """A turn the log shows started and never ended (its gateway process died)."""
+
+    turn_id: str
+    text: str
+    reply: str
+    #: The gateway process that ran it.
+    instance: str | None
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 class Session:
     """One customer conversation."""
 
-    def __init__(self, session_id: str, *, channel: str, customer_id: str | None,
-                 groups: tuple[str, ...], log_size: int, limiter: TokenBucket,
-                 spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]) -> None:
-        self.id = session_id
-        self.channel = channel
-        self.customer_id = customer_id
-        self.groups = groups
+    def __init__(self, record: SessionRecord, *, log_size: int, limiter: TokenBucket,
+                 spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+                 journal: SessionJournal | None = None, instance: str = "",
+                 metrics: Metrics | None = None) -> None:
+        self.record = record
+        self._metrics = metrics
+        self.instance = instance
+        self.id = record.id
         self.seq = 0
-        self.log: deque[dict[str, Any]] = deque(maxlen=log_size)
-        self.history: list[tuple[str, str]] = []
+        self.log: deque[ServerEvent] = deque(maxlen=log_size)
         self.cache = PrefetchCache()
         self.limiter = limiter
-        self.escalated = False
         self.last_active = time.monotonic()
         self.turn_task: asyncio.Task[None] | None = None
         #: The router's record of the latest turn (what it has sent, whether it ended).
         self.turn: Any = None
+        #: A turn found unfinished when the session was loaded from the journal.
+        self.interrupted: Interrupted | None = None
+        self._journal = journal
+        self._stream_seq = 0
         self._seen_ids: OrderedDict[str, None] = OrderedDict()
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._subscribers: set[asyncio.Queue[ServerEvent]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._spawn = spawn
         self._emit_lock = asyncio.Lock()
 
-    async def emit(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Stamp ``session_id`` and the next ``seq``, log it, deliver it to subscribers.
+    # --- what the session is -------------------------------------------------------------
 
-        Delivery applies backpressure: a subscriber's full queue makes the turn wait.
+    @property
+    def channel(self) -> str:
+        """The channel it was opened on."""
+        return self.record.channel
+
+    @property
+    def customer_id(self) -> str | None:
+        """Its owner's id (None: an anonymous session)."""
+        return self.record.customer_id
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """ACL groups of its owner."""
+        return tuple(self.record.groups)
+
+    @property
+    def history(self) -> list[tuple[str, str]]:
+        """Earlier turns as (role, text), oldest first."""
+        return self.record.history
+
+    @property
+    def escalated(self) -> bool:
+        """Whether the conversation waits for, or is with, a person."""
+        return self.record.escalated
+
+    @escalated.setter
+    def escalated(self, value: bool) -> None:
+        self.record.escalated = value
+
+    def owned_by(self, customer_id: str | None, resume_token: str | None) -> bool:
+        """Whether this caller may resume or write to the session."""
+        if self.record.customer_id is not None:
+            return customer_id is not None and hmac.compare_digest(
+                customer_id.encode(), self.record.customer_id.encode())
+        expected = self.record.resume_token_sha256
+        return (customer_id is None and expected is not None and resume_token is not None
+                and hmac.compare_digest(_hash_token(resume_token), expected))
+
+    def remember(self, user_text: str, answer_text: str) -> None:
+        """Add a finished turn to the history (the newest ``HISTORY_TURNS`` kept)."""
+        history = self.record.history
+        history.extend((("user", user_text), ("assistant", answer_text)))
+        del history[:-2 * HISTORY_TURNS]
+
+    async def save(self) -> None:
+        """Persist the record (after a turn); a store outage is logged, never raised."""
+        if self._journal is None:
+            return
+        try:
+            await self._journal.save_record(self.record)
+        except DependencyError:
+            log.exception("session record not saved", extra={"session_id": self.id})
+            if self._metrics is not None:
+                self._metrics.journal_failures.inc()
+
+    # --- events --------------------------------------------------------------------------
+
+    async def emit(self, event: ServerEvent) -> ServerEvent:
+        """Stamp ``session_id`` and the next ``seq``, append it to the journal, keep it in
+        the log, deliver it to subscribers.
+
+        Delivery applies backpressure: a subscriber's full queue makes the turn wait. A
+        journal outage does not stop the conversation: the event is delivered and the
+        durable log has a gap (a later replay reports ``resume_gap``).
         """
         async with self._emit_lock:
-            self.seq += 1
-            stamped = {**event, "session_id": self.id, "seq": self.seq}
-            self.log.append(stamped)
-            self.last_active = time.monotonic()
-            for queue in list(self._subscribers):
-                await queue.put(stamped)
+            while True:
+                stamped = event.stamped(self.id, self.seq + 1)
+                if self._journal is None:
+                    break
+                started = time.perf_counter()
+                try:
+                    self._stream_seq = await self._journal.append(
+                        stamped, expected_last=self._stream_seq, instance=self.instance)
+                    if self._metrics is not None:
+                        self._metrics.journal_latency.observe(time.perf_counter() - started)
+                    break
+                except JournalConflict:
+                    await self._catch_up_locked()
+                except DependencyError:
+                    log.exception("session event not journaled", extra={"session_id": self.id})
+                    if self._metrics is not None:
+                        self._metrics.journal_failures.inc()
+                    break
+            await self._accept_locked(stamped)
             return stamped
 
-    async def connect(self, queue: asyncio.Queue[dict[str, Any]],
-                      head: Callable[[int, bool], list[dict[str, Any]]],
+    async def _accept_locked(self, stamped: ServerEvent) -> None:
+        self.seq = stamped.seq
+        self.log.append(stamped)
+        self.last_active = time.monotonic()
+        if isinstance(stamped, UserMessage) and stamped.id is not None:
+            self.seen_before(stamped.id)
+        for queue in list(self._subscribers):
+            await queue.put(stamped)
+
+    async def _catch_up_locked(self) -> None:
+        """Take in what other processes appended since our last append."""
+        assert self._journal is not None
+        events = await self._journal.read(self.id, after=self._stream_seq)
+        for logged in events:
+            self._stream_seq = max(self._stream_seq, logged.stream_seq)
+            if logged.event.seq > self.seq:
+                await self._accept_locked(logged.event)
+        if not events:
+            self._stream_seq = await self._journal.last_sequence(self.id)
+        record = await self._journal.load_record(self.id)
+        if record is not None and record.updated_at > self.record.updated_at:
+            self.record.history = record.history
+            self.record.escalated = record.escalated
+
+    async def refresh(self) -> None:
+        """Catch up with events other processes appended (a customer moving between
+        gateway processes); a no-op when nothing changed or without a journal."""
+        if self._journal is None:
+            return
+        async with self._emit_lock:
+            if await self._journal.last_sequence(self.id) != self._stream_seq:
+                await self._catch_up_locked()
+
+    async def take_foreign(self, item: ServerEvent) -> None:
+        """An event another process appended (live fan-out)."""
+        async with self._emit_lock:
+            if item.seq == self.seq + 1:
+                await self._accept_locked(item)
+            elif item.seq > self.seq + 1 and self._journal is not None:
+                await self._catch_up_locked()
+
+    async def connect(self, queue: asyncio.Queue[ServerEvent],
+                      head: Callable[[int, bool], list[ServerEvent]],
                       resume_from: int | None) -> None:
         """Subscribe a new connection: ``head(after, complete)`` first, then the replay of
         every logged event after ``resume_from``, then live events, with none missed."""
@@ -100,14 +253,14 @@ class Session:
             self._subscribers.add(queue)
             self.last_active = time.monotonic()
 
-    def subscribe(self, maxsize: int = 256) -> asyncio.Queue[dict[str, Any]]:
+    def subscribe(self, maxsize: int = 256) -> asyncio.Queue[ServerEvent]:
         """A queue receiving every event emitted from now on."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=maxsize)
+        queue: asyncio.Queue[ServerEvent] = asyncio.Queue(maxsize=maxsize)
         self._subscribers.add(queue)
         self.last_active = time.monotonic()
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[ServerEvent]) -> None:
         """Stop delivering to ``queue``."""
         self._subscribers.discard(queue)
         self.last_active = time.monotonic()
@@ -117,20 +270,29 @@ class Session:
         """Whether a connection is listening."""
         return bool(self._subscribers)
 
-    def replay(self, after: int) -> tuple[list[dict[str, Any]], bool]:
+    def replay(self, after: int) -> tuple[list[ServerEvent], bool]:
         """Logged events with ``seq > after``, and whether all of them were still kept."""
-        events = [e for e in self.log if e["seq"] > after]
-        complete = after >= self.seq or (bool(events) and events[0]["seq"] == after + 1)
-        return events, complete
+        events = [e for e in self.log if e.seq > after]
+        if after >= self.seq:
+            return events, True
+        contiguous = bool(events) and events[0].seq == after + 1 and all(
+            b.seq == a.seq + 1 for a, b in zip(events, events[1:], strict=False))
+        return events, contiguous
+
+    def knows_message(self, message_id: str) -> bool:
+        """Whether a message with this client id was accepted already (the last 1,024)."""
+        return message_id in self._seen_ids
 
     def seen_before(self, message_id: str) -> bool:
-        """Whether a message with this client id came already (the last 1,024 are kept)."""
+        """Whether a message with this client id came already; remembers it."""
         if message_id in self._seen_ids:
             return True
         self._seen_ids[message_id] = None
         if len(self._seen_ids) > 1024:
             self._seen_ids.popitem(last=False)
         return False
+
+    # --- tasks ---------------------------------------------------------------------------
 
     def start(self, coro: Coroutine[Any, Any, None], *, turn: Any = None) -> asyncio.Task[None]:
         """Run ``coro`` as a task of this session (its current turn when ``turn`` is given)."""
@@ -140,6 +302,11 @@ class Session:
         if turn is not None:
             self.turn_task, self.turn = task, turn
         return task
+
+    @property
+    def busy(self) -> bool:
+        """Whether a turn is in progress."""
+        return self.turn_task is not None and not self.turn_task.done()
 
     async def cancel_turn(self) -> bool:
         """Stop the turn in progress and wait until it has ended; False if there was none."""
@@ -156,63 +323,209 @@ class Session:
         for task in list(self._tasks):
             task.cancel()
 
+    # --- loading -------------------------------------------------------------------------
+
+    def load(self, events: list[Logged]) -> None:
+        """Take in the journal's events (a session loaded by this process)."""
+        for logged in events:
+            self._stream_seq = max(self._stream_seq, logged.stream_seq)
+            item = logged.event
+            if item.seq > self.seq:
+                self.seq = item.seq
+                self.log.append(item)
+                if isinstance(item, UserMessage) and item.id is not None:
+                    self.seen_before(item.id)
+        self.interrupted = _unfinished_turn(events)
+
+
+def _unfinished_turn(events: list[Logged]) -> Interrupted | None:
+    """The last turn, if the log shows it started and has no ``done``."""
+    parts: list[str] = []
+    for logged in reversed(events):
+        item = logged.event
+        if isinstance(item, Done):
+            return None
+        if isinstance(item, Delta) and item.turn_id is not None:
+            parts.append(item.text)
+        if isinstance(item, UserMessage) and item.turn_id is not None:
+            return Interrupted(item.turn_id, item.text, "".join(reversed(parts)),
+                               logged.instance)
+    return None
+
 
 async def _settled(task: asyncio.Task[None]) -> None:
     await asyncio.wait({task})
 
 
-class SessionStore:
-    """All live sessions, and the task group their tasks run in."""
+class Sessions:
+    """The sessions this process holds, loaded from the journal on demand, and the task
+    group their tasks run in."""
 
-    def __init__(self, *, log_size: int, idle_s: float, rate_burst: float,
-                 rate_per_s: float) -> None:
+    def __init__(self, *, log_size: int, idle_s: float, rate_burst: float, rate_per_s: float,
+                 journal: SessionJournal | None = None, nc: NATS | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 metrics: Metrics | None = None) -> None:
+        self._clock = clock
+        self._metrics = metrics
         self._sessions: dict[str, Session] = {}
+        self._loading: dict[str, asyncio.Future[Session | None]] = {}
         self._log_size = log_size
         self._idle_s = idle_s
         self._rate = (rate_burst, rate_per_s)
+        self._journal = journal
+        self._nc = nc
+        self._fanout: dict[str, Any] = {}
+        #: This process, as written beside every event it journals.
+        self.instance = uuid.uuid4().hex[:12]
         self._group: asyncio.TaskGroup | None = None
         self._reaper: asyncio.Task[None]
 
-    async def __aenter__(self) -> SessionStore:
+    async def __aenter__(self) -> Sessions:
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
         self._reaper = self._group.create_task(self._reap())
+        if self._journal is not None:
+            await self._journal.heartbeat(self.instance)
+            self._beat = self._group.create_task(self._heartbeat())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         for session in list(self._sessions.values()):
             session.close()
         self._sessions.clear()
+        for sub in list(self._fanout.values()):
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._fanout.clear()
         group, self._group = self._group, None
         assert group is not None
         self._reaper.cancel()
+        if self._journal is not None:
+            self._beat.cancel()
+            await self._journal.retire(self.instance)
         await group.__aexit__(None, None, None)
+
+    @property
+    def durable(self) -> bool:
+        """Whether sessions are kept in JetStream."""
+        return self._journal is not None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         if self._group is None:
             coro.close()
-            raise RuntimeError("the session store is closed")
+            raise RuntimeError("the session registry is closed")
         task = self._group.create_task(_guarded(coro))
         # a task cancelled before it ever ran must still close its coroutine
         task.add_done_callback(lambda _: coro.close())
         return task
 
-    def get(self, session_id: str) -> Session | None:
-        """A live session, or None."""
-        return self._sessions.get(session_id)
-
-    def open(self, session_id: str | None, *, channel: str = "web",
-             customer_id: str | None = None, groups: tuple[str, ...] = ()) -> tuple[Session, bool]:
-        """The session with this id (resumed: True), or a new one."""
-        if session_id and session_id in self._sessions:
-            return self._sessions[session_id], True
-        session = Session(
-            session_id or uuid.uuid4().hex, channel=channel, customer_id=customer_id,
-            groups=groups, log_size=self._log_size,
-            limiter=TokenBucket(burst=self._rate[0], per_s=self._rate[1]), spawn=self._spawn,
-        )
+    def _new(self, record: SessionRecord) -> Session:
+        session = Session(record, log_size=self._log_size,
+                          limiter=TokenBucket(burst=self._rate[0], per_s=self._rate[1],
+                                              clock=self._clock),
+                          spawn=self._spawn, journal=self._journal, instance=self.instance,
+                          metrics=self._metrics)
         self._sessions[session.id] = session
-        return session, False
+        return session
+
+    async def create(self, *, channel: str, customer_id: str | None,
+                     groups: tuple[str, ...]) -> tuple[Session, str | None]:
+        """A new session; for an anonymous owner also the resume token (shown once)."""
+        resume_token = secrets.token_urlsafe(24) if customer_id is None else None
+        record = SessionRecord(
+            id=uuid.uuid4().hex, channel=channel, customer_id=customer_id, groups=list(groups),
+            resume_token_sha256=_hash_token(resume_token) if resume_token else None)
+        if self._journal is not None:
+            await self._journal.save_record(record)
+        return self._new(record), resume_token
+
+    async def get(self, session_id: str) -> Session | None:
+        """The session: held here, else loaded from the journal; None if unknown or expired."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            await session.refresh()
+            return session
+        if self._journal is None:
+            return None
+        pending = self._loading.get(session_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Session | None] = asyncio.get_running_loop().create_future()
+        self._loading[session_id] = future
+        try:
+            session = await self._load(session_id)
+            future.set_result(session)
+            return session
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a lone loader's failure is raised below
+            raise
+        finally:
+            del self._loading[session_id]
+
+    async def _load(self, session_id: str) -> Session | None:
+        assert self._journal is not None
+        record = await self._journal.load_record(session_id)
+        if record is None:
+            return None
+        events = await self._journal.read(session_id)
+        session = self._new(record)
+        session.load(events)
+        log.info("session loaded from the journal",
+                 extra={"session_id": session_id, "events": len(events)})
+        return session
+
+    async def interrupted_here(self, session: Session) -> Interrupted | None:
+        """The session's unfinished turn if the process that ran it is gone (taken: the
+        caller runs it again), else None."""
+        pending = session.interrupted
+        if pending is None or self._journal is None:
+            return None
+        if pending.instance and pending.instance != self.instance:
+            try:
+                if await self._journal.alive(pending.instance):
+                    return None  # still running over there; its events reach us
+            except DependencyError:
+                return None
+        session.interrupted = None
+        return pending
+
+    async def _heartbeat(self) -> None:
+        assert self._journal is not None
+        while True:
+            await asyncio.sleep(HEARTBEAT_TTL_S / 3)
+            try:
+                await self._journal.heartbeat(self.instance)
+            except DependencyError:
+                log.warning("gateway heartbeat not written")
+
+    async def watch(self, session: Session) -> None:
+        """Deliver events other processes append to this session to its subscribers here."""
+        if self._nc is None or self._journal is None or session.id in self._fanout:
+            return
+
+        async def on_message(msg: Any) -> None:
+            try:
+                item = parse_event(msg.data)
+            except ValueError:
+                return
+            await session.take_foreign(item)
+
+        self._fanout[session.id] = await self._nc.subscribe(
+            SessionJournal.subject(session.id), cb=on_message)
+
+    async def unwatch_idle(self, session: Session) -> None:
+        """Stop the fan-out subscription of a session nobody here listens to."""
+        if session.subscribed:
+            return
+        sub = self._fanout.pop(session.id, None)
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def held(self, session_id: str) -> Session | None:
+        """A session held in this process, without loading or refreshing."""
+        return self._sessions.get(session_id)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -223,10 +536,10 @@ class SessionStore:
             now = time.monotonic()
             for session in list(self._sessions.values()):
                 idle = now - session.last_active
-                busy = session.turn_task is not None and not session.turn_task.done()
-                if idle > self._idle_s and not session.subscribed and not busy:
+                if idle > self._idle_s and not session.subscribed and not session.busy:
                     session.close()
                     self._sessions.pop(session.id, None)
+                    await self.unwatch_idle(session)
 
 
 async def _guarded(coro: Awaitable[None]) -> None:

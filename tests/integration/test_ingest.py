@@ -1,4 +1,4 @@
-"""The streaming-ingest rules (PROTOCOL §2), against real NATS, Chroma and embeddings."""
+"""The streaming-ingest rules (docs/protocol.md §2), against real NATS, Chroma and embeddings."""
 
 from __future__ import annotations
 

@@ -1,0 +1,192 @@
+"""``ChatService``: the one API every channel uses.
+
+A transport (the chat websocket, HTTP/SSE, voice, WhatsApp, the web widget) turns its wire
+into these calls and renders the typed events back, with no knowledge of agents, router or
+storage::
+
+    conversation = await chat.open(identity, channel="web", session_id=..., resume_token=...)
+    async with conversation.events(resume_from=n) as events:
+        turn_id = await conversation.submit("Can I return an opened bulb?")
+        async for event in events:          # SessionOpened, UserMessage, Delta, Done, ...
+            render(event)
+
+``open`` checks ownership: a session is resumed or written to only by its owner (the same
+customer id, or for an anonymous session the ``resume_token`` its first ``session`` event
+carried). Refusals say nothing about whether the session exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+from core.metrics import Metrics
+from gateway.auth import Identity
+from gateway.escalations import EscalationQueue
+from gateway.events import ErrorEvent, ServerEvent, SessionOpened
+from gateway.protocol import ErrorCode, ProtocolError, check_text
+from gateway.router import TurnRouter
+from gateway.sessions import Session, Sessions
+
+__all__ = ["ChatService", "Conversation", "EventStream"]
+
+log = logging.getLogger("duet.gateway")
+
+_REFUSED = "this session cannot be resumed here: it is unknown, expired, or not yours"
+
+
+class ChatService:
+    """Sessions, the turn router and the escalation queue, behind one API."""
+
+    def __init__(self, sessions: Sessions, router: TurnRouter, escalations: EscalationQueue,
+                 metrics: Metrics) -> None:
+        self.sessions = sessions
+        self.router = router
+        self.escalations = escalations
+        self.metrics = metrics
+
+    async def open(self, identity: Identity, *, channel: str, session_id: str | None = None,
+                   resume_token: str | None = None) -> Conversation:
+        """A new session for ``identity``, or its own session ``session_id``.
+
+        Raises :class:`ProtocolError` ``unauthorized`` when the session is not the caller's
+        (or unknown, or expired: the same answer), ``unavailable`` when the session store
+        cannot be reached.
+        """
+        customer_id = None if identity.anonymous else identity.customer_id
+        try:
+            if session_id is None:
+                session, token = await self.sessions.create(
+                    channel=channel, customer_id=customer_id, groups=identity.groups)
+                return Conversation(self, session, resumed=False, resume_token=token)
+            session = await self.sessions.get(session_id)
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            log.exception("session store failed", extra={"session_id": session_id})
+            raise ProtocolError(ErrorCode.unavailable,
+                                "conversations are unavailable for a moment; try again",
+                                retryable=True) from exc
+        if session is None or not session.owned_by(customer_id, resume_token):
+            self.metrics.errors.labels(ErrorCode.unauthorized).inc()
+            raise ProtocolError(ErrorCode.unauthorized, _REFUSED)
+        if customer_id is not None and tuple(identity.groups) != session.groups:
+            session.record.groups = list(identity.groups)  # the newest token says who it is
+        return Conversation(self, session, resumed=True, resume_token=None)
+
+    async def _recover(self, session: Session) -> None:
+        pending = await self.sessions.interrupted_here(session)
+        if pending is not None:
+            log.info("re-running an interrupted turn",
+                     extra={"session_id": session.id, "turn_id": pending.turn_id})
+            await self.router.recover(session, pending)
+
+
+class Conversation:
+    """One session, as its owner sees it through one transport."""
+
+    def __init__(self, service: ChatService, session: Session, *, resumed: bool,
+                 resume_token: str | None) -> None:
+        self._service = service
+        self.session = session
+        #: Whether an existing session was opened.
+        self.resumed = resumed
+        #: For a new anonymous session: the secret that resumes it (sent once).
+        self.resume_token = resume_token
+
+    @property
+    def session_id(self) -> str:
+        """The session's id."""
+        return self.session.id
+
+    async def submit(self, text: str, *, message_id: str | None = None) -> str:
+        """Accept a customer turn (barge-in on a turn in progress); returns its turn id."""
+        check_text(text)
+        session = self.session
+        if message_id is not None and session.knows_message(message_id):
+            raise ProtocolError(ErrorCode.duplicate_message,
+                                f"message {message_id!r} was already received")
+        if not session.limiter.take():
+            raise ProtocolError(ErrorCode.rate_limited,
+                                "too many messages; slow down and try again shortly")
+        router = self._service.router
+        await router.cancel(session)
+        return await router.start_turn(session, text, message_id=message_id)
+
+    async def cancel(self) -> None:
+        """Stop the turn in progress."""
+        if not await self._service.router.cancel(self.session):
+            raise ProtocolError(ErrorCode.no_turn, "no reply is in progress")
+
+    async def handoff(self, reason: str | None = None) -> None:
+        """The customer asks for a person (the reason goes to the queue, not the history)."""
+        await self._service.router.escalate(self.session, "customer_request", note=reason)
+
+    def events(self, *, resume_from: int | None = None, maxsize: int = 256) -> EventStream:
+        """The session's events for this connection: ``SessionOpened`` first, then the
+        replay after ``resume_from``, then live events."""
+        return EventStream(self, resume_from=resume_from, maxsize=maxsize)
+
+    async def error(self, code: str, message: str) -> None:
+        """Tell every listener of this session about a refused input."""
+        self._service.metrics.errors.labels(code).inc()
+        await self.session.emit(ErrorEvent(code=code, message=message))
+
+
+class EventStream:
+    """A connection's subscription: ``async with`` to connect, ``async for`` to read."""
+
+    def __init__(self, conversation: Conversation, *, resume_from: int | None,
+                 maxsize: int) -> None:
+        self._conversation = conversation
+        self._resume_from = resume_from
+        self._queue: asyncio.Queue[ServerEvent] = asyncio.Queue(maxsize=maxsize)
+        self._open = False
+
+    async def __aenter__(self) -> EventStream:
+        conversation = self._conversation
+        session = conversation.session
+
+        def head(after: int, complete: bool) -> list[ServerEvent]:
+            first: list[ServerEvent] = [SessionOpened(
+                session_id=session.id, seq=after, resumed=conversation.resumed,
+                last_seq=session.seq, resume_token=conversation.resume_token,
+                channel=session.channel)]
+            if not complete:
+                first.append(ErrorEvent(
+                    session_id=session.id, seq=after, code=ErrorCode.resume_gap,
+                    message="some events are no longer kept; replaying the rest"))
+            return first
+
+        await session.connect(self._queue, head, self._resume_from)
+        self._open = True
+        service = conversation._service
+        with contextlib.suppress(Exception):
+            await service.sessions.watch(session)
+        await service._recover(session)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._open = False
+        session = self._conversation.session
+        session.unsubscribe(self._queue)
+        await self._conversation._service.sessions.unwatch_idle(session)
+
+    def __aiter__(self) -> AsyncIterator[ServerEvent]:
+        return self
+
+    async def __anext__(self) -> ServerEvent:
+        if not self._open:
+            raise StopAsyncIteration
+        return await self._queue.get()
+
+    def get_nowait(self) -> ServerEvent | None:
+        """The next event if one is already queued."""
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
