@@ -482,12 +482,57 @@ async def sequential_baseline(single: list[TurnTiming]) -> dict[str, Any]:
     }
 
 
+async def journal_figures(gw: GatewayProcess) -> dict[str, Any]:
+    """Session-journal appends measured inside the gateway (its /metrics)."""
+    async with httpx.AsyncClient(base_url=gw.base_url, timeout=10) as http:
+        text = (await http.get("/metrics")).text
+    values = {}
+    for line in text.splitlines():
+        for name in ("duet_session_journal_seconds_sum", "duet_session_journal_seconds_count",
+                     "duet_session_journal_failures_total", "duet_turns_total"):
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                values[name] = values.get(name, 0.0) + float(line.split()[-1])
+    count = values.get("duet_session_journal_seconds_count", 0.0)
+    turns = values.get("duet_turns_total", 0.0)
+    return {
+        "events_appended": int(count),
+        "append_mean_ms": round(1000 * values.get("duet_session_journal_seconds_sum", 0.0)
+                                / max(1.0, count), 3),
+        "events_per_turn": round(count / max(1.0, turns), 1),
+        "failures": int(values.get("duet_session_journal_failures_total", 0.0)),
+    }
+
+
+async def persistence(durable: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """The 50-session customer-pace run again with sessions in memory only: the cost of
+    keeping every conversation in JetStream, per turn."""
+    async with gateway_process(DUET_DURABLE_SESSIONS="false", **env) as gw:
+        await run_sessions(gw.ws_url, 8, 5, seed=0, think_s=(0.0, 0.0), ramp_s=0.0)
+        cpu0, client0 = gw.cpu_s(), time.process_time()
+        results, wall_s = await run_sessions(gw.ws_url, 50, 4, seed=51,
+                                             think_s=CUSTOMER_THINK_S, ramp_s=3.0)
+        memory = latency_report(results, wall_s, 50, gw.cpu_s() - cpu0,
+                                time.process_time() - client0)
+    keys = ("gateway_cpu_ms_per_turn", "ack_first_ms", "answer_first_ms", "done_ms")
+    on = durable["50_sessions_customer_pace"]
+    return {
+        "durable": {k: on[k] for k in keys}, "memory_only": {k: memory[k] for k in keys},
+        "gateway_cpu_ms_per_turn_cost": round(on["gateway_cpu_ms_per_turn"]
+                                              - memory["gateway_cpu_ms_per_turn"], 1),
+        "answer_first_p50_ms_cost": round(on["answer_first_ms"]["p50"]
+                                          - memory["answer_first_ms"]["p50"], 1),
+        "journal": durable.get("journal"),
+    }
+
+
 async def main() -> None:
     env = {"DUET_CHAT_RATE_BURST": "1000", "DUET_CHAT_RATE_PER_S": "1000"}
     async with gateway_process(**env) as gw:
         report, single = await latency(gw)
+        report["journal"] = await journal_figures(gw)
         save("chat_latency", report)
         save("chat_prefetch", await prefetch(gw))
+    save("chat_persistence", await persistence(report, env))
     save("chat_vs_sequential", await sequential_baseline(single))
 
 
