@@ -259,6 +259,9 @@ async def test_unknown_or_foreign_session_is_refused_alike(gw: Gateway) -> None:
     ('{"type": "hello", "session_id": "bad id!"}', "invalid_message"),
     ('{"type": "cancel"}', "no_turn"),
     (b"\x00\x01binary", "binary_not_supported"),
+    ("[" * 100_000 + "]" * 100_000, "invalid_json"),
+    ('{"type": "hello", "customer": {"id": "x", "groups": ["staff"]}, "resume_from": 1}',
+     "invalid_message"),  # a second hello on a connection that has a session
 ])
 async def test_bad_input_gets_an_error_and_the_session_keeps_working(
         gw: Gateway, frame: str | bytes, code: str) -> None:
@@ -349,11 +352,19 @@ async def test_http_sse_streams_the_same_events(gw: Gateway) -> None:
     ({"text": "x" * 4001}, 413, "message_too_long"),
     ({"txt": "hello"}, 422, "invalid_message"),
     ({"text": "hi", "session_id": "no spaces allowed"}, 422, "invalid_message"),
+    ({"text": "hi", "session_id": "abcdefgh1234", "resume_token": "x" * 20}, 401, "unauthorized"),
 ])
 async def test_http_bad_input(gw: Gateway, body: dict, status: int, code: str) -> None:
     async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as client:
         res = await client.post("/v1/chat", json=body)
     assert res.status_code == status and res.json()["error"]["code"] == code
+
+
+async def test_http_deeply_nested_json_is_refused_plainly(gw: Gateway) -> None:
+    async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as client:
+        res = await client.post("/v1/chat", content="[" * 100_000 + "]" * 100_000,
+                                headers={"content-type": "application/json"})
+    assert res.status_code == 422 and res.json()["error"]["code"] == "invalid_message"
 
 
 async def test_a_broken_session_does_not_delay_another(gw: Gateway) -> None:
