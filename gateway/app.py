@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 
 from core.metrics import Metrics
-from core.natsd import EmbeddedNats
+from core.natsd import EmbeddedNats, redact_url, write_private
 from core.settings import CONFIGS_DIR, Settings
 from gateway import chat, documents, ops
-from gateway.limits import BodyLimitMiddleware
+from gateway.auth import security_middleware
+from gateway.errors import exception_handlers
 from gateway.services import chat_services
 from gateway.state import AppState
 from ingest.loader import events_from_directory
@@ -56,7 +56,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
                 server = await stack.enter_async_context(EmbeddedNats(settings.nats_dir))
                 nats_url = server.url
                 marker = settings.data_dir / "nats.url"
-                marker.write_text(nats_url + "\n")
+                write_private(marker, nats_url + "\n")
                 stack.callback(lambda: marker.unlink(missing_ok=True))
             runtime = await stack.enter_async_context(
                 KnowledgeRuntime(settings, nats_url, metrics=metrics,
@@ -68,12 +68,13 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
                     tasks.create_task(_load_sample_kb(runtime))
                 for start in app.state.startup_hooks:
                     await stack.enter_async_context(start(state))
-            log.info("gateway ready", extra={"nats": nats_url})
+            log.info("gateway ready", extra={"nats": redact_url(nats_url)})
             yield
 
     app = Starlette(
         routes=[*ops.routes, *documents.routes, *chat.routes],
-        middleware=[Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)],
+        middleware=security_middleware(settings),
+        exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
     app.state.startup_hooks = [chat_services]
