@@ -41,7 +41,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from core.errors import UnauthorizedError, ValidationError
 from core.settings import Settings
 from gateway.limits import BodyLimitMiddleware
-from gateway.origins import HostGuard, OriginGuard, allowed_hosts, allowed_origins
+from gateway.origins import (
+    HostGuard,
+    OriginGuard,
+    allowed_hosts,
+    allowed_origins,
+    browser_origins,
+)
 
 __all__ = [
     "PUBLIC_GROUP",
@@ -429,7 +435,7 @@ def security_middleware(settings: Settings) -> list[Middleware]:
     ]
     if origins:
         stack.append(Middleware(
-            CORSMiddleware, allow_origins=sorted(origins), allow_methods=["GET", "POST"],
+            CORSMiddleware, allow_origins=browser_origins(origins), allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"], max_age=600))
     stack += [
         Middleware(_AccessContext, operators=operators, customers=customers),

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import send_refusal
 
-__all__ = ["HostGuard", "OriginGuard", "allowed_hosts", "allowed_origins"]
+__all__ = ["HostGuard", "OriginGuard", "allowed_hosts", "allowed_origins", "browser_origins"]
 
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 _WILDCARD_BINDS = {"", "0.0.0.0", "::", "[::]"}
@@ -79,6 +79,21 @@ def allowed_origins(setting: str | None) -> frozenset[str]:
                 raise ValueError(f"DUET_ALLOWED_ORIGINS: {item!r} is not an origin")
             found.add(normal)
     return frozenset(found)
+
+
+def browser_origins(origins: frozenset[str]) -> list[str]:
+    """Normalised origins as browsers send them (default port left out, v6 in brackets)."""
+    sent = []
+    for origin in sorted(origins):
+        if origin == "*":
+            sent.append(origin)
+            continue
+        scheme, _, netloc = origin.partition("://")
+        name, _, port = netloc.rpartition(":")
+        host = f"[{name}]" if ":" in name else name
+        sent.append(f"{scheme}://{host}" if int(port) == _DEFAULT_PORTS[scheme]
+                    else f"{scheme}://{host}:{port}")
+    return sent
 
 
 class HostGuard:
