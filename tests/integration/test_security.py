@@ -192,9 +192,13 @@ async def test_whole_message_over_the_nats_limit_is_413(tmp_path: Path,
     # stream takes: a 413 that names the limit, not a 500 or a 503
     async with gateway_with(tmp_path, nats_server.url, max_content_bytes=200_000,
                             max_body_bytes=2 * 1024 * 1024) as (_, c):
-        doc = {**DOC, "content": "a" * 190_000,
-               "metadata": {**DOC["metadata"], "notes": "b" * 900_000}}
-        assert_refusal(await c.post("/v1/documents", json=doc), 413, "too_large")
+        # over the stream's max_msg_size (content limit + 64 KiB), then over max_payload
+        for notes in (100_000, 900_000):
+            doc = {**DOC, "content": "a" * 190_000,
+                   "metadata": {**DOC["metadata"], "notes": "b" * notes}}
+            res = await c.post("/v1/documents", json=doc)
+            assert_refusal(res, 413, "too_large")
+            assert "limit" in res.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("version", ["1" + "0" * 400, str(2**53 + 1), "-1", "1e400"])

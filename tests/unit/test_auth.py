@@ -326,3 +326,51 @@ def test_private_files_and_redaction(tmp_path: Path) -> None:
     assert redact_url("nats://duet:pw@127.0.0.1:1") == "nats://127.0.0.1:1"
     assert redact_url("nats://127.0.0.1:1") == "nats://127.0.0.1:1"
     assert redact_url(None) is None
+
+
+# --- the catch-all and the CLI ----------------------------------------------------------
+
+async def test_an_unexpected_failure_is_a_bare_500(caplog: pytest.LogCaptureFixture) -> None:
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from gateway.errors import exception_handlers
+
+    async def boom(request):
+        raise RuntimeError("secret detail /etc/duet/tokens")
+
+    app = Starlette(routes=[Route("/boom", boom)], exception_handlers=exception_handlers())
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        res = await client.get("/boom")
+    assert res.status_code == 500
+    assert res.json() == {"error": {"code": "internal", "message": "internal error"}}
+    assert "secret detail" in caplog.text  # the stack goes to the log, not to the caller
+
+
+def test_duet_token_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                        capsys: pytest.CaptureFixture[str], rsa_key) -> None:
+    import duet_cli
+
+    monkeypatch.chdir(tmp_path)  # no .env of the developer's
+    for name in ("DUET_CUSTOMER_TOKEN_SECRET", "DUET_CUSTOMER_TOKEN_PUBLIC_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert duet_cli.main(["token", "--sub", "alice"]) == 2
+    assert "no signing material" in capsys.readouterr().err
+
+    monkeypatch.setenv("DUET_CUSTOMER_TOKEN_SECRET", SECRET)
+    assert duet_cli.main(["token", "--sub", "alice", "--groups", "staff,beta", "--ttl", "60"]) == 0
+    token = capsys.readouterr().out.strip()
+    who = CustomerTokens(settings(customer_token_secret=SECRET)).verify(token)
+    assert who == Identity("alice", ("public", "staff", "beta"), False)
+
+    key_file = tmp_path / "signing.pem"
+    key_file.write_bytes(_pem_private(rsa_key))
+    public = tmp_path / "public.pem"
+    public.write_bytes(_pem_public(rsa_key))
+    assert duet_cli.main(["token", "--sub", "bob", "--private-key", str(key_file)]) == 0
+    token = capsys.readouterr().out.strip()
+    assert jwt.get_unverified_header(token)["alg"] == "RS256"
+    assert CustomerTokens(settings(customer_token_public_key=public)).verify(token).customer_id == "bob"
+    assert duet_cli.main(["token", "--sub", "bob", "--private-key", str(tmp_path / "nope")]) == 2
