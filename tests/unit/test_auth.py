@@ -374,3 +374,38 @@ def test_duet_token_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert jwt.get_unverified_header(token)["alg"] == "RS256"
     assert CustomerTokens(settings(customer_token_public_key=public)).verify(token).customer_id == "bob"
     assert duet_cli.main(["token", "--sub", "bob", "--private-key", str(tmp_path / "nope")]) == 2
+
+
+def test_require_operator_guards_a_websocket_before_accept() -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.testclient import TestClient, WebSocketDenialResponse
+
+    from gateway.auth import require_operator, security_middleware
+    from gateway.errors import exception_handlers
+
+    @require_operator("supervisor")
+    async def socket(ws) -> None:
+        await ws.accept()
+        await ws.send_json({"operator": ws.scope["duet.operator"]})
+        await ws.close()
+
+    config = settings(supervisor_tokens=f"ops:{SUP_TOKEN}", allowed_hosts="testserver")
+    app = Starlette(routes=[WebSocketRoute("/sup", socket)],
+                    middleware=security_middleware(config),
+                    exception_handlers=exception_handlers())
+    with TestClient(app) as client:
+        with pytest.raises(WebSocketDenialResponse) as info, client.websocket_connect("/sup"):
+            pass
+        assert info.value.status_code == 401
+        assert info.value.json() == {"error": {"code": "unauthorized",
+                                               "message": "a valid operator token is required"}}
+        with client.websocket_connect(f"/sup?token={SUP_TOKEN}") as ws:
+            assert ws.receive_json() == {"operator": "ops"}
+        with client.websocket_connect(
+                "/sup", headers={"Authorization": f"Bearer {SUP_TOKEN}"}) as ws:
+            assert ws.receive_json() == {"operator": "ops"}
+        with pytest.raises(WebSocketDenialResponse) as info, client.websocket_connect(
+                f"/sup?token={SUP_TOKEN}", headers={"Origin": "https://evil.example"}):
+            pass
+        assert info.value.status_code == 403
