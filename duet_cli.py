@@ -1,4 +1,4 @@
-"""The ``duet`` command: ``serve``, ``ingest-worker``, ``load DIR``, ``chat``."""
+"""The ``duet`` command: ``serve``, ``ingest-worker``, ``load DIR``, ``chat``, ``token``."""
 
 from __future__ import annotations
 
@@ -93,6 +93,24 @@ def _chat(args: argparse.Namespace) -> int:
                customer_token=args.token)
 
 
+def _token(args: argparse.Namespace) -> int:
+    from core.settings import Settings
+    from gateway.auth import CustomerTokens
+
+    settings = Settings()  # no logging, no data dir: this only prints a token
+    groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+    private_key = None
+    if args.private_key:
+        try:
+            private_key = Path(args.private_key).read_bytes()
+        except OSError as exc:
+            from core.errors import ValidationError
+
+            raise ValidationError(f"cannot read {args.private_key}: {exc.strerror}") from exc
+    print(CustomerTokens(settings).mint(args.sub, groups, args.ttl, private_key=private_key))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``duet`` command."""
     parser = argparse.ArgumentParser(prog="duet", description="Duet support gateway")
@@ -113,6 +131,15 @@ def main(argv: list[str] | None = None) -> int:
                       help="with --once: longest wait for the reply, in seconds")
     chat.add_argument("--token", default=None,
                       help="customer token (JWT, see `duet token`) to chat as; default: anonymous")
+    token = sub.add_parser(
+        "token", help="print a customer token (JWT) signed with DUET_CUSTOMER_TOKEN_SECRET",
+        description="Mint a customer token for tests and demos; in production the company's "
+                    "backend signs them (see docs/security.md).")
+    token.add_argument("--sub", required=True, help="customer id (the token's `sub`)")
+    token.add_argument("--groups", default="", help="comma-separated ACL groups")
+    token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
+    token.add_argument("--private-key", metavar="FILE", default=None,
+                       help="PEM RSA/EC private key: sign RS256/ES256 instead of HS256")
     args = parser.parse_args(argv)
 
     from core.errors import DuetError
@@ -122,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "chat":
             return _chat(args)
+        if args.command == "token":
+            return _token(args)
         if args.command == "ingest-worker":
             with contextlib.suppress(KeyboardInterrupt):
                 return asyncio.run(_worker_main())

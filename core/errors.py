@@ -4,6 +4,10 @@
 
     DuetError                      root; ``retryable`` says whether trying again may help
     ├── ValidationError            bad input from a client or an event (never retryable)
+    │   ├── PayloadTooLargeError   over a size limit (a body, a document, a NATS message)
+    │   └── UnsupportedMediaError  a body in a media type the endpoint does not take
+    ├── UnauthorizedError          no, or no valid, credential (a token, an operator token)
+    ├── ForbiddenError             a valid caller that may not do this (an Origin, a Host)
     ├── NotFoundError              a named thing does not exist
     ├── ConflictError              a concurrent writer won; retry with fresh state
     ├── DependencyError            NATS, Chroma or a model failed (usually retryable)
@@ -19,9 +23,13 @@ __all__ = [
     "ConflictError",
     "DependencyError",
     "DuetError",
+    "ForbiddenError",
     "GenerationError",
     "NotFoundError",
+    "PayloadTooLargeError",
     "TimeoutError_",
+    "UnauthorizedError",
+    "UnsupportedMediaError",
     "ValidationError",
 ]
 
@@ -43,6 +51,30 @@ class ValidationError(DuetError):
     """Input that does not satisfy the contract; nothing was changed."""
 
     code = "invalid"
+
+
+class PayloadTooLargeError(ValidationError):
+    """Input over a size limit; nothing was changed."""
+
+    code = "too_large"
+
+
+class UnsupportedMediaError(ValidationError):
+    """A body in a media type the endpoint does not accept."""
+
+    code = "unsupported_media_type"
+
+
+class UnauthorizedError(DuetError):
+    """A missing or invalid credential. The message never says which check failed."""
+
+    code = "unauthorized"
+
+
+class ForbiddenError(DuetError):
+    """A caller, origin or host that may not do this."""
+
+    code = "forbidden"
 
 
 class NotFoundError(DuetError):

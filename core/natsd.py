@@ -4,6 +4,13 @@ When ``DUET_NATS_URL`` is unset, ``duet serve`` starts its own nats-server with 
 on a free loopback port (never 4222, which a system NATS may hold), its store under
 ``DUET_DATA_DIR/nats``, and writes the URL to ``DUET_DATA_DIR/nats.url`` so that
 ``duet load`` and ``duet ingest-worker`` on the same machine find it.
+
+The server requires a user and password generated at each start: any local process could
+otherwise connect to the loopback port and read or rewrite the document registry. The
+password reaches the server through a config file of mode 0600 (never the command line,
+which ``ps`` shows to every user), and callers through :attr:`EmbeddedNats.url`, which
+carries it (``nats://duet:<password>@127.0.0.1:<port>``); the ``nats.url`` marker is
+written with mode 0600 by :func:`write_private`. Show a URL with :func:`redact_url`.
 """
 
 from __future__ import annotations
@@ -12,19 +19,33 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client as NATS
 
 from core.errors import DependencyError
 
-__all__ = ["EmbeddedNats", "close_nats", "connect", "free_port", "nats_server_binary", "resolve_nats_url"]
+__all__ = [
+    "EmbeddedNats",
+    "close_nats",
+    "connect",
+    "free_port",
+    "nats_server_binary",
+    "redact_url",
+    "resolve_nats_url",
+    "write_private",
+]
+
+_USER = "duet"
 
 log = logging.getLogger("duet.nats")
 
@@ -47,23 +68,54 @@ def nats_server_binary() -> Path:
     return Path(found)
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (mode 0600, also when it existed before)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL without its credentials (for logs, errors and ``/healthz``)."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        if "@" not in parts.netloc:
+            return url
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    except ValueError:
+        return "<unparseable url>"
+
+
 class EmbeddedNats:
-    """A nats-server child process with JetStream, stopped on exit."""
+    """A nats-server child process with JetStream and a generated password, stopped on exit."""
 
     def __init__(self, store_dir: Path, *, port: int | None = None) -> None:
         self.store_dir = store_dir
         self.port = port or free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
+        #: the user and password of this run (URL-safe characters).
+        self.user = _USER
+        self.password = secrets.token_urlsafe(32)
+        #: the URL with credentials: what clients connect with.
+        self.url = f"nats://{self.user}:{self.password}@127.0.0.1:{self.port}"
+        #: the same without credentials (an unauthenticated client is refused there).
+        self.public_url = f"nats://127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
 
     async def start(self, timeout_s: float = 10.0) -> str:
         """Start the server and wait until it accepts connections; returns its URL."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.store_dir.chmod(0o700)  # the registry holds document text
+        config = self.store_dir / "auth.conf"
+        write_private(config, f'authorization {{\n  user: "{self.user}"\n'
+                              f'  password: "{self.password}"\n}}\n')
         cmd = [
-            str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(self.port),
-            "-js", "-sd", str(self.store_dir),
+            str(nats_server_binary()), "-c", str(config), "-a", "127.0.0.1",
+            "-p", str(self.port), "-js", "-sd", str(self.store_dir),
         ]
-        log.info("starting embedded nats-server", extra={"url": self.url})
+        log.info("starting embedded nats-server", extra={"url": self.public_url})
         # The server's log goes to a file: an unread pipe would fill up and stall it.
         self.log_path = self.store_dir / "nats-server.log"
         # Spawned from the event loop's own thread (a few ms, at start-up only): the
@@ -139,7 +191,7 @@ async def connect(url: str, *, name: str) -> NATS:
             reconnect_time_wait=0.5, allow_reconnect=True,
         )
     except Exception as exc:  # nats raises several unrelated types here
-        raise DependencyError(f"cannot connect to NATS at {url}: {exc}") from exc
+        raise DependencyError(f"cannot connect to NATS at {redact_url(url)}: {exc}") from exc
 
 
 async def close_nats(nc: NATS, *, timeout_s: float = 5.0) -> None:

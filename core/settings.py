@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["CONFIGS_DIR", "Settings", "parse_duration"]
@@ -42,6 +42,7 @@ def _empty_to_none(value: object) -> object:
 
 OptionalStr = Annotated[str | None, BeforeValidator(_empty_to_none)]
 OptionalPath = Annotated[Path | None, BeforeValidator(_empty_to_none)]
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_empty_to_none)]
 
 
 class Settings(BaseSettings):
@@ -107,7 +108,30 @@ class Settings(BaseSettings):
     channels: str = Field(
         "*", description="Channels to serve, comma-separated entry-point names (`*`: all).")
 
-    supervisor_token: OptionalStr = Field(None, description="Bearer token of the supervisor UI.")
+    # --- identity and access (PROTOCOL §0) ------------------------------------------------
+    api_tokens: OptionalSecret = Field(
+        None, description="Operator tokens for document writes/reads and /metrics: "
+                          "`name:token,...`, or a file with one `name:token` a line.")
+    supervisor_tokens: OptionalSecret = Field(
+        None, description="Operator tokens of the supervisor socket and console (same forms).")
+    customer_token_secret: OptionalSecret = Field(
+        None, description="HS256 secret (32+ bytes) the company backend signs customer tokens with.")
+    customer_token_public_key: OptionalPath = Field(
+        None, description="PEM public key (RSA: RS256, EC P-256: ES256) of customer tokens.")
+    customer_token_issuer: OptionalStr = Field(
+        None, description="Required `iss` of customer tokens, when set.")
+    customer_token_audience: OptionalStr = Field(
+        None, description="Required `aud` of customer tokens, when set.")
+    customer_token_leeway_s: float = Field(
+        30.0, ge=0, le=300, description="Clock skew tolerated on `exp`/`nbf`/`iat`.")
+    customer_token_max_groups: int = Field(
+        64, ge=1, le=1024, description="Most groups a customer token may carry.")
+    allowed_origins: OptionalStr = Field(
+        None, description="Browser origins allowed for websockets and CORS (comma list); "
+                          "unset: only the gateway's own origin.")
+    allowed_hosts: OptionalStr = Field(
+        None, description="Host header values accepted (comma list, `*.example.com` forms); "
+                          "unset: loopback names plus DUET_HOST unless it is 0.0.0.0/::.")
 
     @field_validator("log_level")
     @classmethod

@@ -17,15 +17,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 
 from core.metrics import Metrics
-from core.natsd import EmbeddedNats
+from core.natsd import EmbeddedNats, redact_url, write_private
 from core.settings import CONFIGS_DIR, Settings
 from gateway import documents, ops
-from gateway.auth import CustomerTokens
+from gateway.auth import CustomerTokens, security_middleware
 from gateway.channel import Channel, load_channels
-from gateway.limits import BodyLimitMiddleware
+from gateway.errors import exception_handlers
 from gateway.services import chat_services
 from gateway.state import AppState
 from ingest.loader import events_from_directory
@@ -62,7 +61,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None,
                 server = await stack.enter_async_context(EmbeddedNats(settings.nats_dir))
                 nats_url = server.url
                 marker = settings.data_dir / "nats.url"
-                marker.write_text(nats_url + "\n")
+                write_private(marker, nats_url + "\n")
                 stack.callback(lambda: marker.unlink(missing_ok=True))
             runtime = await stack.enter_async_context(
                 KnowledgeRuntime(settings, nats_url, metrics=metrics,
@@ -76,12 +75,13 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None,
                 await stack.enter_async_context(chat_services(state))
             for channel in channels:
                 await stack.enter_async_context(channel.lifespan(state))
-            log.info("gateway ready", extra={"nats": nats_url})
+            log.info("gateway ready", extra={"nats": redact_url(nats_url)})
             yield
 
     channel_routes = [route for channel in channels for route in channel.routes()]
     return Starlette(
         routes=[*ops.routes, *documents.routes, *channel_routes],
-        middleware=[Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)],
+        middleware=security_middleware(settings),
+        exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import send_refusal
 
 __all__ = ["BodyLimitMiddleware"]
 
@@ -59,9 +59,5 @@ class BodyLimitMiddleware:
 
     @staticmethod
     async def _refuse(send: Send, status: int, reason: str) -> None:
-        body = json.dumps({"error": "body_too_large" if status == 413 else "bad_request",
-                           "message": reason}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_refusal({"type": "http"}, send, status,
+                           "too_large" if status == 413 else "bad_request", reason)

@@ -99,9 +99,10 @@ class Applier:
         if problem is not None:
             return await self._park(resolved, record, revision, DocState.quarantined, problem,
                                     digest)
-        if event.metadata.acl is None:
+        if not event.metadata.acl:  # absent or empty: nobody was granted it, so it waits
             return await self._park(resolved, record, revision, DocState.pending_acl,
-                                    "no ACL in metadata", digest)
+                                    "no ACL in metadata" if event.metadata.acl is None
+                                    else "empty ACL in metadata", digest)
         return await self._index(resolved, record, revision, digest, progress)
 
     def _stale(self, event: DocumentEvent, reason: str) -> ApplyResult:

@@ -21,6 +21,7 @@ __all__ = [
     "DOC_ID_PATTERN",
     "DocumentEvent",
     "DocumentMetadata",
+    "MAX_VERSION",
     "EventType",
     "ReviewStatus",
     "event_subject",
@@ -31,6 +32,10 @@ DOC_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]+)*$"
 _SOURCE_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
 #: sources that name subjects of the worker's own, never a document source.
 RESERVED_SOURCES = frozenset({"dlq", "results"})
+
+#: the largest version: exact in a JSON number everywhere (IEEE double), and far beyond any
+#: real counter, so one event cannot pin a document forever with a huge version.
+MAX_VERSION = 2**53
 
 DocId = Annotated[str, StringConstraints(pattern=DOC_ID_PATTERN, min_length=1, max_length=200)]
 
@@ -61,7 +66,8 @@ class DocumentMetadata(BaseModel):
         "default", pattern=_SOURCE_PATTERN, description="Origin system; picks freshness profile."
     )
     acl: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] | None = Field(
-        None, max_length=100, description="Groups allowed to retrieve it; absent: pending ACL."
+        None, max_length=100,
+        description="Groups allowed to retrieve it; absent or empty: pending ACL (never public)."
     )
     review_status: ReviewStatus = Field(ReviewStatus.reviewed, description="Editorial state.")
     tier: int = Field(1, ge=0, le=9, description="Authority tier (1 = most authoritative).")
@@ -81,7 +87,8 @@ class DocumentEvent(BaseModel):
 
     event_type: EventType = Field(description="CREATE, UPDATE or DELETE.")
     doc_id: DocId = Field(description="Stable id of the document.")
-    version: int = Field(ge=0, description="Monotonic version; older than applied is discarded.")
+    version: int = Field(ge=0, le=MAX_VERSION,
+                         description="Monotonic version (0..2**53); older than applied is discarded.")
     content: str | None = Field(
         None, description="Markdown text; absent for DELETE, or for a metadata-only UPDATE."
     )

@@ -1,4 +1,10 @@
-"""Publishing document events to JetStream, and waiting for their outcome."""
+"""Publishing document events to JetStream, and waiting for their outcome.
+
+Failures are named: a message over the server's ``max_payload`` or the stream's
+``max_msg_size`` is :class:`PayloadTooLargeError` (the caller's fault, not an outage); NATS
+unreachable is :class:`DependencyError` at once, without waiting out a timeout; no outcome
+in time is :class:`TimeoutError_`.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.errors import MaxPayloadError
+from nats.js.errors import APIError
 
-from core.errors import DependencyError, TimeoutError_
+from core.errors import DependencyError, PayloadTooLargeError, TimeoutError_
 from ingest.events import DocumentEvent, event_subject
 from ingest.worker import result_subject
 
-__all__ = ["PublishedEvent", "publish_event", "publish_and_wait"]
+__all__ = ["PublishedEvent", "encode_event", "publish_and_wait", "publish_event"]
+
+#: JetStream's error code for a message over the stream's ``max_msg_size``.
+_JS_MESSAGE_TOO_LARGE = 10054
+#: room left for the ``Nats-Msg-Id`` header when checking against ``max_payload``.
+_HEADER_ROOM = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,17 +39,39 @@ class PublishedEvent:
     duplicate: bool
 
 
+def encode_event(event: DocumentEvent) -> bytes:
+    """The bytes published for an event (UTF-8 JSON, absent fields left out)."""
+    return event.model_dump_json(exclude_none=True).encode()
+
+
+def _require_connected(nc: NATS) -> None:
+    if not nc.is_connected:
+        raise DependencyError("the document queue (NATS) is unavailable")
+
+
 async def publish_event(nc: NATS, event: DocumentEvent, *, event_id: str | None = None,
                         timeout_s: float = 5.0) -> PublishedEvent:
     """Publish with ``Nats-Msg-Id`` = event id (JetStream de-duplicates re-sends)."""
     event_id = event_id or uuid.uuid4().hex
+    payload = encode_event(event)
+    _require_connected(nc)
+    if len(payload) + _HEADER_ROOM > nc.max_payload:
+        raise PayloadTooLargeError(
+            f"event of {len(payload)} bytes is over the NATS limit of {nc.max_payload} bytes")
     try:
         ack = await nc.jetstream().publish(
-            event_subject(event), event.model_dump_json(exclude_none=True).encode(),
-            headers={"Nats-Msg-Id": event_id}, timeout=timeout_s,
+            event_subject(event), payload, headers={"Nats-Msg-Id": event_id}, timeout=timeout_s,
         )
+    except MaxPayloadError as exc:
+        raise PayloadTooLargeError(
+            f"event of {len(payload)} bytes is over the NATS limit") from exc
+    except APIError as exc:
+        if exc.err_code == _JS_MESSAGE_TOO_LARGE:
+            raise PayloadTooLargeError(
+                f"event of {len(payload)} bytes is over the stream's message limit") from exc
+        raise DependencyError(f"JetStream refused the event: {exc.description}") from exc
     except Exception as exc:
-        raise DependencyError(f"could not publish to JetStream: {exc}") from exc
+        raise DependencyError(f"could not publish to JetStream: {type(exc).__name__}") from exc
     return PublishedEvent(event_id, ack.seq, bool(ack.duplicate))
 
 
@@ -44,7 +79,12 @@ async def publish_and_wait(nc: NATS, event: DocumentEvent, *, timeout_s: float,
                            event_id: str | None = None) -> tuple[PublishedEvent, dict[str, Any]]:
     """Publish and wait until the worker has handled the event; returns its outcome."""
     event_id = event_id or uuid.uuid4().hex
-    sub = await nc.subscribe(result_subject(event_id), max_msgs=1)
+    _require_connected(nc)
+    try:
+        sub = await nc.subscribe(result_subject(event_id), max_msgs=1)
+    except Exception as exc:
+        raise DependencyError(f"could not subscribe for the outcome: {type(exc).__name__}"
+                              ) from exc
     try:
         published = await publish_event(nc, event, event_id=event_id)
         try:
@@ -55,5 +95,3 @@ async def publish_and_wait(nc: NATS, event: DocumentEvent, *, timeout_s: float,
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-
-

@@ -8,20 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import pytest_asyncio
 import websockets
 
 from core.natsd import EmbeddedNats
+from core.settings import Settings
+from gateway.auth import CustomerTokens
 from tests.conftest import Gateway, make_settings, run_gateway
 from tests.fakes import FakeLLM
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+
+SECRET = "chat-tests-signing-secret-0123456789abcdef"
+
+
+def token(sub: str, groups: list[str], ttl_s: float = 600) -> str:
+    """A customer token as the company's backend would sign it."""
+    return CustomerTokens(Settings(_env_file=None, customer_token_secret=SECRET)).mint(
+        sub, groups, ttl_s)
+
 
 SAMPLE = sorted(p.stem for p in (Path(__file__).parents[2] / "configs" / "sample_kb").glob("*.md"))
 
@@ -41,7 +54,7 @@ async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]
     tmp = tmp_path_factory.mktemp("chat")
     async with EmbeddedNats(tmp / "nats") as server:
         settings = make_settings(tmp, server.url, load_sample_kb=True, chat_rate_burst=8,
-                                 chat_rate_per_s=2.0)
+                                 chat_rate_per_s=2.0, customer_token_secret=SECRET)
         async with run_gateway(settings) as gateway:
             await _wait_sample_kb(gateway)
             yield gateway
@@ -197,8 +210,48 @@ async def test_acl_groups_filter_what_a_customer_can_be_told(gw: Gateway) -> Non
     done = (await claimed.ask(question))[-1]
     assert "loyalty-override" not in [c["doc_id"] for c in done["citations"]]
     assert "120 days" not in done["text"]
-    await public.ws.close()
-    await claimed.ws.close()
+    # a token the company signed does
+    staff, opened = await connect(gw, customer_token=token("agent-7", ["staff"]))
+    assert "resume_token" not in opened or opened["resume_token"] is None
+    done = (await staff.ask(question))[-1]
+    assert done["citations"][0]["doc_id"] == "loyalty-override"
+    for chat in (public, claimed, staff):
+        await chat.ws.close()
+
+
+async def test_a_bad_customer_token_opens_no_session(gw: Gateway) -> None:
+    other = CustomerTokens(Settings(_env_file=None, customer_token_secret="x" * 48)).mint(
+        "agent-7", ["staff"])
+    expired = jwt.encode({"sub": "agent-7", "groups": ["staff"], "exp": int(time.time()) - 600},
+                         SECRET, algorithm="HS256")
+    for bad in (other, expired, "not.a.jwt"):
+        ws = await websockets.connect(f"{gw.ws_url}/v1/chat")
+        chat = Chat(ws)
+        await chat.send(type="hello", customer_token=bad)
+        refused = await chat.recv()
+        assert refused["type"] == "error" and refused["code"] == "unauthorized"
+        assert refused["session_id"] is None
+        await chat.send(type="message", text="anyone there?")  # the connection stays usable
+        assert (await chat.recv())["type"] == "session"
+        await ws.close()
+
+
+async def test_a_token_customer_resumes_by_token_and_nobody_else_does(gw: Gateway) -> None:
+    alice = token("alice", [])
+    chat, opened = await connect(gw, customer_token=alice)
+    await chat.ask("What are your support hours?")
+    await chat.ws.close()
+    again, resumed = await connect(gw, customer_token=token("alice", []),
+                                   session_id=opened["session_id"], resume_from=0)
+    assert resumed["resumed"] is True
+    for hello in ({"customer_token": token("mallory", [])}, {}):
+        ws = await websockets.connect(f"{gw.ws_url}/v1/chat")
+        other = Chat(ws)
+        await other.send(type="hello", session_id=opened["session_id"], resume_from=0, **hello)
+        refused = await other.recv()
+        assert refused["code"] == "unauthorized" and "hours" not in refused["message"]
+        await ws.close()
+    await again.ws.close()
 
 
 async def test_prefetch_answers_a_scripted_follow_up_without_an_ack(gw: Gateway) -> None:

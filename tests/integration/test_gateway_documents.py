@@ -52,7 +52,7 @@ async def test_delete_reports_deleted_tier(client: httpx.AsyncClient) -> None:
 
 async def test_unknown_document_is_404(client: httpx.AsyncClient) -> None:
     res = await client.get("/v1/documents/nope")
-    assert res.status_code == 404 and res.json()["error"] == "not_found"
+    assert res.status_code == 404 and res.json()["error"]["code"] == "not_found"
 
 
 @pytest.mark.parametrize(("body", "fragment"), [
@@ -68,7 +68,8 @@ async def test_invalid_events_are_refused_and_change_nothing(
         client: httpx.AsyncClient, gateway: Gateway, body: dict, fragment: str) -> None:
     res = await client.post("/v1/documents", json=body)
     assert res.status_code == 422
-    assert res.json()["error"] == "invalid" and fragment in res.json()["message"]
+    error = res.json()["error"]
+    assert error["code"] == "invalid" and fragment in error["message"]
     info = await gateway.state.runtime.nc.jetstream().stream_info("DUET_DOCS")
     assert info.state.messages == 0
 
@@ -76,16 +77,16 @@ async def test_invalid_events_are_refused_and_change_nothing(
 async def test_malformed_json_and_wrong_content_type(client: httpx.AsyncClient) -> None:
     res = await client.post("/v1/documents", content=b"{not json",
                             headers={"content-type": "application/json"})
-    assert res.status_code == 422 and "JSON" in res.json()["message"]
+    assert res.status_code == 422 and "JSON" in res.json()["error"]["message"]
     res = await client.post("/v1/documents", content=b"hello", headers={"content-type": "text/plain"})
-    assert res.status_code == 415
+    assert res.status_code == 415 and res.json()["error"]["code"] == "unsupported_media_type"
 
 
 async def test_oversized_bodies_are_refused_before_parsing(
         client: httpx.AsyncClient, gateway: Gateway) -> None:
     big = b"x" * (gateway.settings.max_body_bytes + 1)
     res = await client.post("/v1/documents", content=big, headers={"content-type": "application/json"})
-    assert res.status_code == 413 and res.json()["error"] == "body_too_large"
+    assert res.status_code == 413 and res.json()["error"]["code"] == "too_large"
 
     async def chunks():
         for _ in range(gateway.settings.max_body_bytes // 65536 + 2):
