@@ -2,7 +2,9 @@
 
 ``KnowledgeRuntime`` connects to NATS, makes sure the stream and the registry bucket
 exist, opens the Chroma store and the embedding model, and (optionally) runs the ingest
-worker as a task it owns. The gateway and ``duet ingest-worker`` both use it.
+worker. Its background work (the worker, the registry watchers) runs on a
+:class:`~core.tasks.TaskBoard` that ``/healthz`` reports. The gateway and
+``duet ingest-worker`` both use it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from datetime import datetime
 
 from nats.aio.client import Client as NATS
 
+from core.errors import DependencyError
 from core.metrics import Metrics
 from core.natsd import close_nats, connect
 from core.settings import CONFIGS_DIR, Settings
+from core.tasks import TaskBoard
 from ingest.aging import AgingJob
 from ingest.applier import Applier
 from ingest.embeddings import Embedder, OnnxEmbedder
@@ -55,7 +59,8 @@ class KnowledgeRuntime:
         self.kb: KnowledgeBase | None = None
         self.worker: IngestWorker | None = None
         self._as_of: datetime | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        #: The runtime's background tasks (and probes other components add).
+        self.tasks = TaskBoard()
 
     @property
     def as_of(self) -> datetime | None:
@@ -67,9 +72,18 @@ class KnowledgeRuntime:
     @property
     def worker_alive(self) -> bool:
         """Whether the in-process worker task is running."""
-        return any(t.get_name() == "ingest-worker" and not t.done() for t in self._tasks)
+        task = self.tasks.task("ingest-worker")
+        return task is not None and not task.done()
 
     async def __aenter__(self) -> KnowledgeRuntime:
+        await self.tasks.__aenter__()
+        try:
+            return await self._start()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+
+    async def _start(self) -> KnowledgeRuntime:
         s = self.settings
         self.nc = await connect(self.nats_url, name="duet")
         js = self.nc.jetstream()
@@ -84,8 +98,8 @@ class KnowledgeRuntime:
         profiles = FreshnessProfiles.load(CONFIGS_DIR / "freshness.yaml")
         self.kb = KnowledgeBase(store, embedder, profiles, as_of=lambda: self.as_of,
                                 metrics=self.metrics)
-        self._tasks.append(asyncio.create_task(self._watch_as_of(), name="as-of-watch"))
-        self._tasks.append(asyncio.create_task(self._watch_documents(), name="doc-watch"))
+        self.tasks.start("as-of-watch", self._watch_as_of())
+        self.tasks.start("doc-watch", self._watch_documents())
         if self.run_worker:
             applier = Applier(store, embedder, self.registry,
                               min_content_chars=s.min_content_chars, metrics=self.metrics)
@@ -95,13 +109,13 @@ class KnowledgeRuntime:
             # told "applied" never gets an answer from a cache older than the change.
             self.worker = IngestWorker(self.nc, s, applier, store, self.registry, self.metrics,
                                        aging=aging, on_change=self.kb.note_change)
-            task = asyncio.create_task(self.worker.run(), name="ingest-worker")
-            self._tasks.append(task)
+            task = self.tasks.start("ingest-worker", self.worker.run())
             ready = asyncio.create_task(self.worker.ready.wait())
             await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
             ready.cancel()
             if task.done():
-                task.result()  # re-raise why the worker could not start
+                error = self.tasks.report()["ingest-worker"].error
+                raise DependencyError(f"the ingest worker could not start: {error}")
         return self
 
     async def _watch_as_of(self) -> None:
@@ -121,23 +135,10 @@ class KnowledgeRuntime:
                 self.kb.note_change(entry.key.removeprefix("doc."))
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.worker is not None:
-            self.worker.stop()
-        for task in self._tasks:
-            if task.get_name() != "ingest-worker":
-                task.cancel()
-        for task in self._tasks:
-            await _finish(task, timeout_s=5.0)
-        self._tasks.clear()
+        worker = self.tasks.task("ingest-worker")
+        if self.worker is not None and worker is not None:
+            self.worker.stop()  # a flag: the event in hand is finished and settled first
+            await asyncio.wait({worker}, timeout=5.0)
+        await self.tasks.__aexit__(None, None, None)
         if self.nc is not None:
             await close_nats(self.nc)
-
-
-async def _finish(task: asyncio.Task[None], *, timeout_s: float) -> None:
-    """Wait for a task to end, cancelling it (again, if need be) after ``timeout_s``."""
-    done, _ = await asyncio.wait({task}, timeout=timeout_s)
-    while not done:
-        task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=1.0)
-    if not task.cancelled() and task.exception() is not None:
-        log.error("task %s failed", task.get_name(), exc_info=task.exception())
