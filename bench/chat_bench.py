@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -193,6 +194,11 @@ class ChatClient:
     async def __aenter__(self) -> ChatClient:
         self._ws = await connect(f"{self.ws_url}/v1/chat", ping_interval=None, open_timeout=60,
                                  max_size=2**22)
+        # Every session is a signed-in customer: the gateway verifies a token per session.
+        await self._ws.send(json.dumps({"type": "hello", "customer_token": _customer_token()}))
+        opened = json.loads(await self._ws.recv())
+        if opened.get("type") != "session":
+            raise RuntimeError(f"session refused: {opened}")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -525,8 +531,21 @@ async def persistence(durable: dict[str, Any], env: dict[str, str]) -> dict[str,
     }
 
 
+#: The bench signs its customers' tokens as a company backend would.
+TOKEN_SECRET = secrets.token_urlsafe(48)
+
+
+def _customer_token() -> str:
+    from core.settings import Settings
+    from gateway.auth import CustomerTokens
+
+    return CustomerTokens(Settings(_env_file=None, customer_token_secret=TOKEN_SECRET)).mint(
+        f"bench-{secrets.token_hex(6)}", ["public"], ttl_s=3600)
+
+
 async def main() -> None:
-    env = {"DUET_CHAT_RATE_BURST": "1000", "DUET_CHAT_RATE_PER_S": "1000"}
+    env = {"DUET_CHAT_RATE_BURST": "1000", "DUET_CHAT_RATE_PER_S": "1000",
+           "DUET_CUSTOMER_TOKEN_SECRET": TOKEN_SECRET}
     async with gateway_process(**env) as gw:
         report, single = await latency(gw)
         report["journal"] = await journal_figures(gw)

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     session_ttl_s: float = Field(
         86400.0, ge=60, description="A session's durable form expires this long after its "
         "last write (JetStream bucket DUET_SESSIONS and stream DUET_SESSION_LOG).")
+    session_log_max_bytes: int = Field(
+        1024**3, ge=1024**2, description="Bytes the session log stream keeps in all (oldest "
+        "events of the oldest sessions go first).")
     durable_sessions: bool = Field(
         True, description="Keep sessions in JetStream (restarts and other gateway processes "
         "resume them); off: in process memory only.")

@@ -34,8 +34,9 @@ async def chat_services(state: AppState) -> AsyncIterator[ChatService]:
                            policy=policy, metrics=state.metrics)
     journal = None
     if settings.durable_sessions:
-        journal = await SessionJournal.open(nc.jetstream(), log_events=settings.session_log_events,
-                                            ttl_s=settings.session_ttl_s)
+        journal = await SessionJournal.open(
+            nc.jetstream(), log_events=settings.session_log_events,
+            ttl_s=settings.session_ttl_s, max_bytes=settings.session_log_max_bytes)
     async with agent:
         await agent.warm_up()
         escalations = EscalationQueue()

@@ -102,7 +102,8 @@ class SessionJournal:
     @classmethod
     async def open(cls, js: JetStreamContext, *, bucket: str = "DUET_SESSIONS",
                    stream: str = "DUET_SESSION_LOG", log_events: int = 5000,
-                   ttl_s: float = 86400.0, max_event_bytes: int = 256 * 1024) -> SessionJournal:
+                   ttl_s: float = 86400.0, max_event_bytes: int = 256 * 1024,
+                   max_bytes: int = 1024**3) -> SessionJournal:
         """Create (or bring up to date) the bucket and the stream."""
         try:
             kv = await js.key_value(bucket)
@@ -119,7 +120,8 @@ class SessionJournal:
         config = StreamConfig(
             name=stream, subjects=["duet.sessions.*"], storage=StorageType.FILE,
             max_msgs_per_subject=log_events, max_age=ttl_s, discard=DiscardPolicy.OLD,
-            max_msg_size=max_event_bytes, duplicate_window=min(120.0, ttl_s),
+            max_msg_size=max_event_bytes, max_bytes=max_bytes,
+            duplicate_window=min(120.0, ttl_s),
         )
         try:
             await js.stream_info(stream)
