@@ -84,6 +84,7 @@ class KnowledgeRuntime:
         profiles = FreshnessProfiles.load(CONFIGS_DIR / "freshness.yaml")
         self.kb = KnowledgeBase(store, embedder, profiles, as_of=lambda: self.as_of,
                                 metrics=self.metrics)
+        await asyncio.to_thread(self.kb.topics.rebuild)
         self._tasks.append(asyncio.create_task(self._watch_as_of(), name="as-of-watch"))
         self._tasks.append(asyncio.create_task(self._watch_documents(), name="doc-watch"))
         if self.run_worker:
@@ -129,6 +130,8 @@ class KnowledgeRuntime:
         for task in self._tasks:
             await _finish(task, timeout_s=5.0)
         self._tasks.clear()
+        if self.kb is not None:
+            self.kb.topics.close()
         if self.nc is not None:
             await close_nats(self.nc)
 
