@@ -201,6 +201,12 @@ class TopicIndex:
         """Every sayable title and heading of the last complete build."""
         return self._snapshot.topics
 
+    @property
+    def current(self) -> bool:
+        """Whether the last build has seen every change noted so far."""
+        with self._lock:
+            return self._built and not self._dirty and self._as_of() == self._built_as_of
+
     def note_change(self, doc_id: str) -> None:
         """Mark a document as changed: the next rebuild reads it again."""
         with self._lock:
@@ -208,9 +214,10 @@ class TopicIndex:
 
     def refresh(self) -> bool:
         """Start a background rebuild if anything changed; never blocks."""
+        if self.current:
+            return False
         with self._lock:
-            stale = not self._built or self._dirty or self._as_of() != self._built_as_of
-            if not stale or (self._future is not None and not self._future.done()):
+            if self._future is not None and not self._future.done():
                 return False
             interval = max(self._min_interval_s, self._last_took_s / self._max_busy_share)
             if self._built and self._clock() - self._last_start < interval:
