@@ -1,12 +1,19 @@
 """The acknowledgment agent: a short, specific first reply within milliseconds.
 
-It names what the customer asked about ("Let me check our return policy for you.") and
-never states a fact: the grounded answer follows in the same reply. The topic comes from
-the intent catalog (similarity to each intent's example centroid), optionally refined by
-the titles retrieval has already found; a message no intent matches is acknowledged with
-its own key noun phrase, or a neutral line. Templates rotate per session and the same
-text is never used twice in a row. One call embeds one short text (~3 ms): call it off
-the event loop like any other model call.
+It names what the customer asked about ("Let me check the returns policy for you.") and
+never states a fact: the grounded answer follows in the same reply. What it may name
+comes from two places only, so it never names a product, plan or topic that is in
+neither the message nor the knowledge base:
+
+1. the knowledge base as indexed now (:class:`ingest.topics.TopicIndex`: titles and
+   section headings, kept current by the ingest worker), when the message is close to
+   one (cosine ≥ ``min_similarity`` with a content word in common, or ≥ ``sure_similarity``);
+2. the customer's own words (the message's key noun phrase, "your free plan");
+
+else a neutral line. What is not knowledge — greetings, thanks, asking for a person,
+complaints — comes from ``configs/intents.yaml``. Templates rotate per session and the
+same text is never used twice in a row. One call embeds one short text (~3 ms): call it
+off the event loop like any other model call.
 """
 
 from __future__ import annotations
@@ -21,12 +28,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.escalation import EscalationFlag, detect_flags
-from agents.intents import Intent, IntentCatalog, IntentMatch
-from agents.text import content_words, noun_phrase, title_phrase
+from agents.intents import Intent, IntentCatalog
+from agents.text import content_words, noun_phrase, stem, title_phrase
 from ingest.embeddings import Embedder
+from ingest.topics import Topic, TopicIndex
 
 __all__ = ["AckAgent", "Acknowledgment"]
 
+_KB_TOPIC = (
+    "Let me look up {topic} for you.",
+    "One moment while I check {topic}.",
+    "I'm pulling up {topic} now.",
+    "Let me check {topic} for you.",
+)
 _NEUTRAL_TOPIC = (
     "Let me look into {topic} for you.",
     "One moment while I check on {topic}.",
@@ -39,12 +53,14 @@ _NEUTRAL = (
 )
 _GREETING = re.compile(
     r"^\s*(?:hi|hello|hey|hiya|howdy|greetings|good (?:morning|afternoon|evening|day))\b"
-    r"(?:\s+(?:there|lumora|team|all|folks))?[\s,.!?:;-]*", re.I)
+    r"(?:\s+(?:there|team|all|folks|everyone))?[\s,.!?:;-]*", re.I)
 _THANKS = re.compile(
     r"^\s*(?:(?:ok(?:ay)?|great|perfect|awesome|cool|nice|super|brilliant)[\s,.!]+)?"
     r"(?:thanks?(?: you)?(?: so much| a lot)?|thx|ty|cheers|much appreciated|appreciate it)"
     r"\b[\s,.!?:;-]*", re.I)
 _DIGIT = re.compile(r"\d")
+_STARTS_PHRASE = frozenset({"the", "a", "an", "your", "our", "my", "how", "what", "why", "when",
+                            "where", "which", "who"})
 
 
 @dataclass(frozen=True)
@@ -64,28 +80,34 @@ class Acknowledgment:
 
 
 class AckAgent:
-    """Picks an intent-specific acknowledgment, varied per session."""
+    """Picks a topic-specific acknowledgment, varied per session."""
 
-    def __init__(self, embedder: Embedder, intents: IntentCatalog, *, seed: int | None = None,
-                 min_similarity: float = 0.5, clear_margin: float = 0.1,
-                 title_weight: float = 0.3, max_sessions: int = 10_000) -> None:
+    def __init__(self, embedder: Embedder, intents: IntentCatalog, *,
+                 topics: TopicIndex | None = None, seed: int | None = None,
+                 min_similarity: float = 0.4, sure_similarity: float = 0.65,
+                 keyword_weight: float = 0.2, candidates: int = 5,
+                 max_sessions: int = 10_000) -> None:
         self._embedder = embedder
         self._catalog = intents
+        self._topics = topics
         self._rng = random.Random(seed)
         self._min_similarity = min_similarity
-        self._title_weight = title_weight
-        self._clear_margin = clear_margin
+        self._sure_similarity = sure_similarity
+        self._keyword_weight = keyword_weight
+        self._candidates = candidates
         self._last: OrderedDict[str, str] = OrderedDict()
         self._max_sessions = max_sessions
         self._lock = threading.Lock()
-        self._kb_names = [i.name for i in intents.intents if not i.social]
 
     def acknowledge(self, text: str, *, session_key: str = "", titles: Sequence[str] = (),
                     flags: tuple[EscalationFlag, ...] | None = None) -> Acknowledgment:
         """The acknowledgment of one message (blocking: one embedding, a few ms).
 
         ``flags``: the message's escalation flags when the caller has read them already.
+        ``titles``: titles of documents retrieval found for the turn, if known already.
         """
+        if self._topics is not None:
+            self._topics.refresh()
         flags = detect_flags(text) if flags is None else flags
         greeted = bool(_GREETING.match(text))
         after_greeting = _GREETING.sub("", text, count=1)
@@ -105,60 +127,88 @@ class AckAgent:
             return self._neutral(None, session_key, flags)
         vector = self._embedder.embed_one(core)
         matches = self._catalog.match(vector)
-        by_name = {m.intent.name: m for m in matches}
-        topic_match = self._topic_match(vector, titles)
-
+        best = matches[0]
+        topic = self._topic(core, vector)
+        own = noun_phrase(core)
         angry = serious or EscalationFlag.anger in flags or (
-            matches[0].intent.name == "complaint" and matches[0].similarity >= self._min_similarity)
+            best.intent.name == "complaint" and best.similarity >= self._min_similarity)
         if angry:
             complaint = self._catalog.get("complaint")
             if complaint is not None:
-                topic = complaint.topic if serious or not topic_match else topic_match.intent.topic
-                sim = topic_match.similarity if topic_match else by_name["complaint"].similarity
-                return self._render(complaint, topic, sim, session_key, flags)
-        best = matches[0]
+                named = complaint.topic if serious or not (topic or own) else (
+                    _as_object(topic[0].phrase) if topic else own)
+                sim = topic[1] if topic else best.similarity
+                return self._render(complaint, named or complaint.topic, sim, session_key,
+                                    flags)
         if best.intent.name in ("greeting", "thanks") and best.similarity >= self._min_similarity \
-                and len(content_words(core)) <= 2:
-            return self._render(best.intent, best.intent.topic, best.similarity, session_key, flags)
-        if topic_match is not None:
-            ack = self._render(topic_match.intent, topic_match.intent.topic,
-                               topic_match.similarity, session_key, flags)
-            return self._greet(ack) if greeted else ack
-        if titles:
-            return self._from_title(titles[0], session_key, flags)
-        return self._neutral(noun_phrase(core), session_key, flags)
+                and len(content_words(core)) <= 2 and topic is None:
+            return self._render(best.intent, best.intent.topic, best.similarity, session_key,
+                                flags)
+        if topic is not None:
+            ack = self._kb_topic(topic, session_key, flags)
+        elif titles and self._shares_words(core, titles[0]):
+            ack = self._from_title(titles[0], session_key, flags)
+        else:
+            ack = self._neutral(own, session_key, flags)
+        return self._greet(ack) if greeted else ack
+
+    def _topic(self, core: str, vector: np.ndarray) -> tuple[Topic, float] | None:
+        """The knowledge-base topic the message is about, if one is clearly close.
+
+        Among the closest sections (their stored embeddings) whose title or heading shares
+        a content word with the message, the best by similarity plus the share of the
+        message's content words those labels contain names the one of the two that shares
+        more of them (on a tie its title);
+        with no such section, a very close one names its title.
+        """
+        if self._topics is None:
+            return None
+        words = {stem(w) for w in content_words(core)}
+        matches = self._topics.match(vector, k=self._candidates)
+        best: tuple[float, Topic, float] | None = None
+        for match in matches:
+            if match.similarity < self._min_similarity:
+                break
+            section = match.section
+            shared = {t: len(words & {stem(w) for w in content_words(t.label)})
+                      for t in (section.title, section.heading) if t is not None}
+            if not any(shared.values()):
+                continue
+            labels = " ".join(t.label for t in shared)
+            overlap = len(words & {stem(w) for w in content_words(labels)}) / max(len(words), 1)
+            score = match.similarity + self._keyword_weight * overlap
+            if best is None or score > best[0]:
+                # the label with more of the message's words; on a tie the title
+                named = max(shared, key=lambda t: (shared[t], t.kind == "title"))
+                best = (score, named, match.similarity)
+        if best is not None:
+            return best[1], best[2]
+        top = matches[0] if matches else None
+        if top is not None and top.similarity >= self._sure_similarity and top.section.title:
+            return top.section.title, top.similarity
+        return None
+
+    @staticmethod
+    def _shares_words(text: str, label: str, words: set[str] | None = None) -> bool:
+        words = words if words is not None else {stem(w) for w in content_words(text)}
+        return bool(words & {stem(w) for w in content_words(label)})
+
+    def _kb_topic(self, match: tuple[Topic, float], session_key: str,
+                  flags: tuple[EscalationFlag, ...]) -> Acknowledgment:
+        phrase = _as_object(match[0].phrase)
+        if not phrase or _DIGIT.search(phrase):
+            return self._neutral(None, session_key, flags)
+        text = self._pick([t.replace("{topic}", phrase) for t in _KB_TOPIC], session_key)
+        return Acknowledgment(text, "kb_topic", phrase, round(match[1], 4), flags)
 
     def _from_title(self, title: str, session_key: str,
                     flags: tuple[EscalationFlag, ...]) -> Acknowledgment:
-        """Name the topic of a retrieved document: its intent's topic, else its title."""
-        best = self._catalog.match(self._embedder.embed_one(title), names=self._kb_names)[0]
-        if best.similarity >= self._min_similarity:
-            return self._render(best.intent, best.intent.topic, best.similarity, session_key,
-                                flags)
-        return self._neutral(title_phrase(title), session_key, flags)
-
-    def _topic_match(self, vector: np.ndarray, titles: Sequence[str]) -> IntentMatch | None:
-        """The knowledge-base intent of the message, refined by known titles."""
-        matches = self._catalog.match(vector, names=self._kb_names)
-        if not titles:
-            best, runner_up = matches[0], matches[1] if len(matches) > 1 else None
-            # Accept a weaker match when it stands clearly apart from the next intent.
-            clear = runner_up is None or best.similarity - runner_up.similarity >= self._clear_margin
-            if best.similarity >= self._min_similarity or (
-                    clear and best.similarity >= self._min_similarity - 0.1):
-                return best
-            return None
-        title_vec = self._embedder.embed_one(titles[0])
-        by_title = {m.intent.name: m.similarity
-                    for m in self._catalog.match(title_vec, names=self._kb_names)}
-        scored = sorted(matches, key=lambda m: m.similarity
-                        + self._title_weight * by_title[m.intent.name], reverse=True)
-        best = scored[0]
-        if best.similarity >= self._min_similarity or (
-                by_title[best.intent.name] >= self._min_similarity
-                and best.similarity >= self._min_similarity - 0.15):
-            return best
-        return None
+        """Name the topic of a retrieved document: its indexed phrase, else its title."""
+        phrase = next((t.phrase for t in (self._topics.topics if self._topics else ())
+                       if t.label == title), None) or title_phrase(title)
+        if not phrase:
+            return self._neutral(None, session_key, flags)
+        return self._neutral(_as_object(phrase), session_key, flags)
 
     def _say(self, name: str, session_key: str,
              flags: tuple[EscalationFlag, ...]) -> Acknowledgment:
@@ -199,3 +249,18 @@ class AckAgent:
                 self._last.popitem(last=False)
         return choice
 
+
+
+def _as_object(phrase: str | None) -> str | None:
+    """A topic phrase as the object of "look up": "returns policy" → "the returns policy".
+
+    A phrase that starts with a determiner, a wh-word, a gerund ("pairing bulbs") or a
+    capitalised name ("Acme Cloud") is said as it is.
+    """
+    if not phrase:
+        return None
+    first = phrase.split()[0]
+    if (first.lower() in _STARTS_PHRASE or first.endswith("ing") or first[:1].isupper()
+            or phrase.endswith("?")):
+        return phrase
+    return f"the {phrase}"

@@ -71,7 +71,7 @@ _LEGAL = re.compile(
     r"trading standards|ombudsman)\b", re.I)
 _WORD = re.compile(r"[A-Za-z]{3,}")
 # Acronyms that are shouted by nobody: product codes and common abbreviations.
-_ACRONYMS = frozenset({"LED", "USB", "SKU", "USA", "GDPR", "SMS", "FAQ", "APP", "LUM", "GHZ",
+_ACRONYMS = frozenset({"LED", "USB", "SKU", "USA", "GDPR", "SMS", "FAQ", "APP", "GHZ",
                        "PIN", "ETA", "UPS", "DHL", "FEDEX", "USPS", "PDF", "CEO", "BBB", "FTC"})
 
 

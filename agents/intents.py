@@ -1,12 +1,12 @@
 """The intent catalog (``configs/intents.yaml``) with its example embeddings computed once.
 
-An intent is recognised by the cosine similarity of a message to the *centroid* of its
-examples' embeddings. On the bundled catalog (254 examples, leave-one-out) the centroid
-picks the right intent for 74 % of the examples against 57 % for the nearest single
-example: the examples of an intent are varied on purpose, and their mean is the steadier
-description of it. A message that is nearly one of the examples still wins that intent:
-the score is ``max(centroid similarity, nearest-example similarity - 0.15)``, which keeps
-the leave-one-out accuracy at 74 %.
+The catalog holds only what is not knowledge: greetings, thanks, asking for a person,
+complaints. What the customer asks *about* comes from the knowledge base itself
+(:mod:`ingest.topics`). An intent is recognised by the cosine similarity of a message to
+the *centroid* of its examples' embeddings (the examples of an intent are varied on
+purpose, and their mean is the steadier description of it); a message that is nearly one
+of the examples still wins that intent: the score is
+``max(centroid similarity, nearest-example similarity - 0.15)``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ SOCIAL_INTENTS = frozenset({"greeting", "thanks", "human_request", "complaint"})
 
 @dataclass(frozen=True)
 class Intent:
-    """One intent: its name, the topic phrase acknowledgments name, examples and templates."""
+    """One intent: its name, the phrase its acknowledgments name, examples and templates."""
 
     name: str
     topic: str
@@ -44,11 +44,6 @@ class Intent:
     def social(self) -> bool:
         """Whether this intent is small talk or a request about the conversation itself."""
         return self.name in SOCIAL_INTENTS
-
-    @property
-    def doc_id(self) -> str | None:
-        """The knowledge-base article this intent is about (by the catalog's naming rule)."""
-        return None if self.social else self.name.replace("_", "-")
 
 
 @dataclass(frozen=True)

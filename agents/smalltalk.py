@@ -18,7 +18,7 @@ _OK = {"ok", "okay", "alright", "great", "perfect", "awesome", "cool", "nice", "
        "brilliant", "got", "understood", "helped", "helps", "helpful", "excellent"}
 _FILLER = {"you", "so", "much", "a", "lot", "very", "good", "there", "it", "that", "this",
            "all", "for", "the", "help", "your", "oh", "and", "no", "then", "see", "again",
-           "really", "many", "everyone", "team", "lumora", "was", "is"}
+           "really", "many", "everyone", "team", "was", "is"}
 _REPLIES = {
     "thanks": "You're welcome! Is there anything else I can help you with?",
     "bye": "Thanks for reaching out, and have a great day!",

@@ -55,7 +55,9 @@ strange different same
 
 #: Nouns too vague to name in an acknowledgment.
 _VAGUE = frozenset({"help", "question", "thing", "something", "problem", "issue", "stuff", "info",
-                    "information", "way", "time", "today", "day", "lot", "bit"})
+                    "information", "way", "time", "today", "day", "lot", "bit", "yesterday",
+                    "tomorrow", "week", "weeks", "month", "months", "year", "years", "days",
+                    "hour", "hours", "minute", "minutes", "due", "ago"})
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STEMMER = snowballstemmer.stemmer("english")
@@ -141,11 +143,15 @@ def noun_phrase(text: str, *, max_words: int = 4) -> str | None:
 
 
 def title_phrase(title: str) -> str | None:
-    """A title as a phrase inside a sentence ("Pairing Bulbs" → "pairing Bulbs"); no digits."""
+    """A title as a phrase inside a sentence ("Pairing Devices" → "pairing Devices"); no digits.
+
+    Only the first word is lowered, and only when it is not an acronym; the topic index
+    (:mod:`ingest.topics`) says titles better, from how the articles write their words.
+    """
     words = [w for w in title.split() if not any(c.isdigit() for c in w)]
     if not words:
         return None
     first = words[0]
-    if not first.isupper() and first.lower() != "lumora":
+    if not first.isupper():
         words[0] = first[0].lower() + first[1:]
     return " ".join(words).rstrip(":")

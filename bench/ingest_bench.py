@@ -10,7 +10,7 @@ from bench.common import save, scratch_runtime, summary
 from ingest.events import DocumentEvent
 from ingest.publisher import publish_and_wait, publish_event
 
-WORDS = ["lumora", "hub", "bulb", "pairing", "reset", "firmware", "warranty", "return", "refund", "shipping", "order", "subscription", "billing", "account", "password", "motion", "sensor", "dimmer", "strip", "schedule", "scene", "voice", "assistant", "matter", "thread", "zigbee", "app", "offline", "battery", "colour", "brightness"]
+WORDS = ["acme", "hub", "bulb", "pairing", "reset", "firmware", "warranty", "return", "refund", "shipping", "order", "subscription", "billing", "account", "password", "motion", "sensor", "dimmer", "strip", "schedule", "scene", "voice", "assistant", "matter", "thread", "zigbee", "app", "offline", "battery", "colour", "brightness"]
 
 
 def _doc(i: int, words: int, rng: random.Random) -> DocumentEvent:

@@ -36,7 +36,7 @@ BATCH = 1_000
 TARGET_P50_MS = 10.0
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qbench")
 
-WORDS = ("lumora", "hub", "bulb", "pairing", "reset", "firmware", "warranty", "return",
+WORDS = ("acme", "hub", "bulb", "pairing", "reset", "firmware", "warranty", "return",
          "refund", "shipping", "order", "subscription", "billing", "account", "password",
          "motion", "sensor", "dimmer", "strip", "schedule", "scene", "voice", "assistant",
          "matter", "thread", "zigbee", "app", "offline", "battery", "colour", "brightness",

@@ -43,7 +43,8 @@ from ingest.kb import KnowledgeBase
 from ingest.publisher import publish_event
 from ingest.store import Tier
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "eval" / "stackfaq" / "stackExchange-FAQ.json"
+#: StackFAQ (Karan & Šnajder 2018, via ML-Recipes/BERT-FAQ), MIT: ``bench/corpora/stackfaq/LICENSE``.
+DATA = Path(__file__).resolve().parent / "corpora" / "stackfaq" / "stackExchange-FAQ.json"
 TARGET_MRR = 0.975
 _WORD = re.compile(r"\w+")
 

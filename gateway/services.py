@@ -40,7 +40,7 @@ async def chat_services(state: AppState) -> AsyncIterator[ChatService]:
     async with agent:
         await agent.warm_up()
         escalations = EscalationQueue()
-        router = TurnRouter(AckAgent(kb.embedder, intents), agent, escalations, state.metrics,
+        router = TurnRouter(AckAgent(kb.embedder, intents, topics=kb.topics), agent, escalations, state.metrics,
                             ack_hold_s=settings.ack_hold_s)
         async with Sessions(log_size=settings.session_log_events, idle_s=settings.session_idle_s,
                             rate_burst=settings.chat_rate_burst,

@@ -23,6 +23,7 @@ from core.metrics import Metrics
 from ingest.embeddings import Embedder
 from ingest.freshness import FreshnessProfiles
 from ingest.store import StoredChunk, Tier, VectorHit, VectorStore
+from ingest.topics import TopicIndex
 
 __all__ = ["Hit", "KnowledgeBase", "SearchResult", "chunk_metadata", "hit_from_metadata"]
 
@@ -107,10 +108,13 @@ class KnowledgeBase:
         self._metrics = metrics
         self._clock = clock
         self._changed: dict[str, float] = {}
+        #: Titles and headings of what is indexed now (the acknowledgment's topics).
+        self.topics = TopicIndex(store, embedder, as_of=lambda: self.as_of)
 
     def note_change(self, doc_id: str) -> None:
         """Record that a document changed now (fed by the registry's watch)."""
         self._changed[doc_id] = time.monotonic()
+        self.topics.note_change(doc_id)
 
     def changed_at(self, doc_id: str) -> float | None:
         """``time.monotonic()`` of the document's last observed change, if any."""

@@ -98,6 +98,7 @@ class KnowledgeRuntime:
         profiles = FreshnessProfiles.load(CONFIGS_DIR / "freshness.yaml")
         self.kb = KnowledgeBase(store, embedder, profiles, as_of=lambda: self.as_of,
                                 metrics=self.metrics)
+        await asyncio.to_thread(self.kb.topics.rebuild)
         self.tasks.start("as-of-watch", self._watch_as_of())
         self.tasks.start("doc-watch", self._watch_documents())
         if self.run_worker:
@@ -140,5 +141,7 @@ class KnowledgeRuntime:
             self.worker.stop()  # a flag: the event in hand is finished and settled first
             await asyncio.wait({worker}, timeout=5.0)
         await self.tasks.__aexit__(None, None, None)
+        if self.kb is not None:
+            self.kb.topics.close()
         if self.nc is not None:
             await close_nats(self.nc)

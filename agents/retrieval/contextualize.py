@@ -105,7 +105,7 @@ def _tokens(text: str) -> list[str]:
 
 
 def entity_phrase(text: str, terms: frozenset[str]) -> str | None:
-    """The main product-noun phrase of ``text`` with a determiner ("the Lumora Hub").
+    """The main product-noun phrase of ``text`` with a determiner ("the Acme Hub").
 
     Runs of title words (gerunds such as "Resetting" excluded); the first run the text
     introduces with a determiner wins, else the longest.

@@ -57,7 +57,7 @@ __all__ = [
 log = logging.getLogger("duet.agents")
 
 _IDENTIFIER = re.compile(
-    r"\b(?=[A-Za-z-]*\d)(?=[\d-]*[A-Za-z])[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*\b"  # BR30, LUM-4821937
+    r"\b(?=[A-Za-z-]*\d)(?=[\d-]*[A-Za-z])[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*\b"  # BR30, AB-4821937
     r"|\b\d{4,}\b"                                                          # 4821937
     r"|\b[A-Z]{2,}\b")                                                      # GDPR, SMS
 #: Title words that name an action or a kind of article, not a thing.

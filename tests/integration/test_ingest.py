@@ -264,3 +264,29 @@ async def test_burst_of_events_all_applied(runtime: KnowledgeRuntime) -> None:
         await asyncio.sleep(0.1)
     assert len(await runtime.registry.doc_ids()) == 40
     assert runtime.kb.store.count(Tier.hot) == 40
+
+
+async def _topics_after_change(rt: KnowledgeRuntime) -> set[str]:
+    """The topic index as the acknowledgment agent sees it once the change is read."""
+    assert rt.kb is not None
+    while not rt.kb.topics.current:  # refresh() rebuilds at most once a second
+        rt.kb.topics.refresh()
+        await rt.kb.topics.wait()
+        await asyncio.sleep(0.05)
+    return {t.label for t in rt.kb.topics.topics}
+
+
+async def test_topic_index_follows_creates_updates_and_deletes(
+        runtime: KnowledgeRuntime) -> None:
+    assert await _topics_after_change(runtime) == set()
+    await send(runtime, event())
+    assert await _topics_after_change(runtime) == {
+        "Returns policy", "Return window", "Opened items", "Refund timing"}
+    changed = RETURNS_V1.replace("## Opened items", "## Unsealed products")
+    await send(runtime, event(version=2, content=changed))
+    topics = await _topics_after_change(runtime)
+    assert "Unsealed products" in topics and "Opened items" not in topics
+    await send(runtime, event(version=3, content=changed, acl=["staff"]))
+    assert await _topics_after_change(runtime) == set()
+    await send(runtime, event(version=4, content=None, event_type="DELETE"))
+    assert await _topics_after_change(runtime) == set()

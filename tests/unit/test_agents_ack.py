@@ -1,17 +1,32 @@
-"""The acknowledgment agent names the topic, never states facts, and varies its phrasing."""
+"""The acknowledgment agent names the live knowledge base's topics, never states facts,
+never names what is neither in the message nor in the knowledge base, and varies its phrasing.
+
+The knowledge base here is a software vendor's (``tests/fixtures/kb_vendor``), not the
+bundled sample: the agent knows nothing of either beforehand.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from agents.ack import AckAgent
 from agents.escalation import EscalationFlag
 from agents.intents import IntentCatalog
+from agents.text import content_words, stem
 from ingest.embeddings import OnnxEmbedder
+from ingest.freshness import FreshnessProfiles
+from ingest.kb import KnowledgeBase
+from ingest.store import ChromaStore, Tier
+from tests.conftest import index_markdown
 
 pytestmark = pytest.mark.unit
+
+VENDOR = {p.stem: p.read_text(encoding="utf-8")
+          for p in sorted((Path(__file__).parents[1] / "fixtures" / "kb_vendor").glob("*.md"))}
 
 
 @pytest.fixture(scope="module")
@@ -19,51 +34,108 @@ def catalog(embedder: OnnxEmbedder) -> IntentCatalog:
     return IntentCatalog.load(embedder)
 
 
+@pytest.fixture(scope="module")
+def shared_kb(embedder: OnnxEmbedder, tmp_path_factory: pytest.TempPathFactory) -> KnowledgeBase:
+    store = ChromaStore(path=tmp_path_factory.mktemp("vendor") / "chroma", prefix="vendor")
+    index_markdown(store, embedder, VENDOR)
+    kb = KnowledgeBase(store, embedder, FreshnessProfiles())
+    kb.topics.rebuild()
+    yield kb
+    kb.topics.close()
+
+
 @pytest.fixture
-def ack(embedder: OnnxEmbedder, catalog: IntentCatalog) -> AckAgent:
-    return AckAgent(embedder, catalog, seed=7)
+def kb(make_kb: Callable[..., KnowledgeBase]) -> KnowledgeBase:
+    """A knowledge base of its own, for a test that changes it."""
+    kb = make_kb(VENDOR)
+    kb.topics.rebuild()
+    yield kb
+    kb.topics.close()
 
 
-@pytest.mark.parametrize(("question", "intent", "words"), [
-    ("Can I return a bulb I opened last week?", "returns_policy", ("return",)),
-    ("What is the return window for opened items?", "returns_policy", ("return",)),
-    ("How do I factory reset my hub?", "hub_reset", ("resetting", "hub")),
-    ("My new bulb won't pair with the app", "pairing_bulbs", ("pairing", "bulbs")),
-    ("Do you ship to Canada?", "international_shipping", ("international shipping",)),
-    ("How much does the Lumora Hub cost?", "pricing", ("prices",)),
-    ("I lost my phone and can't get my 2FA code", "two_factor_authentication",
-     ("two-factor",)),
-    ("Where is my package? It was due yesterday", "order_tracking", ("order",)),
+@pytest.fixture
+def ack(embedder: OnnxEmbedder, catalog: IntentCatalog, shared_kb: KnowledgeBase) -> AckAgent:
+    return AckAgent(embedder, catalog, topics=shared_kb.topics, seed=7)
+
+
+def test_the_catalog_holds_no_knowledge(catalog: IntentCatalog) -> None:
+    assert {i.name for i in catalog.intents} == {"greeting", "thanks", "human_request",
+                                                 "complaint"}
+
+
+@pytest.mark.parametrize(("question", "words"), [
+    ("Is there a free plan?", ("free plan",)),
+    ("How do I turn on two-step login?", ("two-step login",)),
+    ("Do you integrate with Slack?", ("integrations",)),
+    ("How long does an export take?", ("export",)),
+    ("How much is the Team plan per month?", ("plans and pricing",)),
 ])
-def test_names_the_topic(ack: AckAgent, question: str, intent: str,
-                         words: tuple[str, ...]) -> None:
+def test_names_the_knowledge_base_topic(ack: AckAgent, question: str,
+                                        words: tuple[str, ...]) -> None:
     result = ack.acknowledge(question, session_key="s")
-    assert result.intent == intent
-    assert all(w in result.text for w in words), result.text
+    assert result.intent == "kb_topic", result
+    assert all(w in result.text.lower() for w in words), result.text
     assert result.topic in result.text
-    assert result.similarity >= 0.4
 
 
-@pytest.mark.parametrize("question", [
-    "How much is the Lumora Hub?", "What does a 4-pack of bulbs cost?",
-    "how long is the warranty on the hub?", "order LUM-4821937 status please",
-    "Do you ship to Germany and what does it cost in euros?", "do you sell lawnmowers?",
-    "Can I return it after 45 days?", "What's the price of Lumora Plus per month?",
-])
-def test_never_states_facts(ack: AckAgent, question: str) -> None:
-    text = ack.acknowledge(question, session_key="facts").text
+QUESTIONS = [
+    "Is there a free plan?", "Do you integrate with Salesforce?", "How much is the Team plan?",
+    "Can I pay with PayPal?", "Do you have a mobile app for Android?", "How do I reset my password?",
+    "What's your refund policy?", "Is my data encrypted at rest?", "Can I export to Word?",
+    "I lost my phone and can't sign in", "Do you offer discounts for nonprofits?",
+    "How do I cancel my subscription?", "Where are your servers located?",
+]
+
+
+@pytest.mark.parametrize("question", QUESTIONS)
+def test_names_nothing_the_message_and_the_knowledge_base_lack(ack: AckAgent,
+                                                              question: str) -> None:
+    text = ack.acknowledge(question, session_key="n").text
+    known = {stem(w) for w in content_words(question + " " + " ".join(VENDOR.values()))}
+    said = {stem(w) for w in content_words(text)} - {stem(w) for w in content_words(
+        "let me look up check one moment while pulling now into for you on that")}
+    assert said <= known, (text, said - known)
     assert not re.search(r"\d|\$|€|£|\b(yes|no)\b", text, re.I), text
-    assert len(text) < 120
+
+
+def test_follows_the_knowledge_base_as_it_changes(embedder: OnnxEmbedder,
+                                                  catalog: IntentCatalog,
+                                                  kb: KnowledgeBase) -> None:
+    ack = AckAgent(embedder, catalog, topics=kb.topics, seed=7)
+    assert ack.acknowledge("How long does an export take?").intent == "kb_topic"
+    ids = [cid for cid in kb.store.all_ids(Tier.hot) if cid.startswith("exporting-notes:")]
+    kb.store.delete(Tier.hot, ids)
+    kb.note_change("exporting-notes")
+    kb.topics.rebuild()
+    assert all(t.doc_id != "exporting-notes" for t in kb.topics.topics)
+    gone = ack.acknowledge("How long does an export take?", session_key="g")
+    assert "exporting" not in gone.text.lower()
+
+
+def test_private_documents_are_never_named(embedder: OnnxEmbedder, catalog: IntentCatalog,
+                                           make_kb: Callable[..., KnowledgeBase]) -> None:
+    kb = make_kb({"secret": "# Project Falcon Roadmap\n\nProject Falcon ships a new "
+                            "billing engine to enterprise customers next quarter."},
+                 acl=["staff"])
+    kb.topics.rebuild()
+    agent = AckAgent(embedder, catalog, topics=kb.topics, seed=1)
+    result = agent.acknowledge("When does the new billing engine ship?")
+    assert result.intent != "kb_topic" and "Falcon" not in result.text
+    kb.topics.close()
+
+
+def test_an_empty_knowledge_base_uses_the_customers_words(ack: AckAgent,
+                                                         embedder: OnnxEmbedder,
+                                                         catalog: IntentCatalog) -> None:
+    bare = AckAgent(embedder, catalog, seed=3)
+    result = bare.acknowledge("Can you help with my kitchen renovation?", session_key="k")
+    assert result.intent == "unknown" and "your kitchen renovation" in result.text
 
 
 def test_phrasing_varies_and_never_repeats_in_a_row(ack: AckAgent) -> None:
-    texts = [ack.acknowledge("How do I reset the hub?", session_key="a").text
-             for _ in range(12)]
+    texts = [ack.acknowledge("Is there a free plan?", session_key="a").text for _ in range(12)]
     assert all(a != b for a, b in zip(texts, texts[1:], strict=False))
     assert len(set(texts)) >= 2
-    # Another session keeps its own rotation.
-    other = [ack.acknowledge("How do I reset the hub?", session_key="b").text for _ in range(4)]
-    assert all(a != b for a, b in zip(other, other[1:], strict=False))
 
 
 def test_greeting_and_thanks(ack: AckAgent) -> None:
@@ -75,15 +147,8 @@ def test_greeting_and_thanks(ack: AckAgent) -> None:
 
 
 def test_greeting_with_a_question_names_the_question(ack: AckAgent) -> None:
-    result = ack.acknowledge("Hi, my bulb won't pair", session_key="g2")
-    assert result.intent == "pairing_bulbs"
-    assert result.text.startswith("Hi!") and "pairing" in result.text
-
-
-def test_low_similarity_uses_the_key_noun_phrase(ack: AckAgent) -> None:
-    result = ack.acknowledge("Can you help with my kitchen renovation?", session_key="n")
-    assert result.intent == "unknown"
-    assert "your kitchen renovation" in result.text
+    result = ack.acknowledge("Hi, is there a free trial?", session_key="g2")
+    assert result.text.startswith("Hi!") and "free trial" in result.text.lower()
 
 
 def test_nothing_specific_gives_the_neutral_line(ack: AckAgent) -> None:
@@ -96,21 +161,19 @@ def test_titles_name_a_follow_up(ack: AckAgent) -> None:
     plain = ack.acknowledge("how long does that take?", session_key="t")
     assert plain.intent == "unknown" and plain.topic == "that"
     refined = ack.acknowledge("how long does that take?", session_key="t",
-                              titles=["Resetting the Lumora Hub"])
-    assert refined.intent == "hub_reset" and "resetting the hub" in refined.text
+                              titles=["Exporting Notes"])
+    assert "exporting notes" in refined.text.lower()
 
 
 def test_flags_and_matching_acknowledgments(ack: AckAgent) -> None:
     human = ack.acknowledge("I want to talk to a human", session_key="f")
     assert human.flags == (EscalationFlag.human_request,)
     assert human.intent == "human_request" and "agent" in human.text
-    angry = ack.acknowledge("This is ridiculous!!! my lights keep going offline",
-                            session_key="f")
+    angry = ack.acknowledge("This is ridiculous!!! my export keeps failing", session_key="f")
     assert EscalationFlag.anger in angry.flags
     assert angry.intent == "complaint"
     assert "sorry" in angry.text.lower() or "frustrating" in angry.text.lower()
-    assert "offline" in angry.text
+    assert "export" in angry.text.lower()
     legal = ack.acknowledge("I'll sue you", session_key="f")
     assert legal.flags == (EscalationFlag.legal,)
     assert "sue" not in legal.text
-
