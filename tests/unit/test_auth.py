@@ -247,8 +247,12 @@ def test_with_tokens_everyone_needs_one() -> None:
             auth.check(conn("127.0.0.1", {"Authorization": f"Bearer {wrong}"}), "api")
     with pytest.raises(UnauthorizedError):
         auth.check(conn("127.0.0.1", {"Authorization": f"Basic {API_TOKEN}"}), "api")
-    # scopes are separate: the api token is no supervisor token (loopback still is, here)
-    assert auth.check_any(conn("127.0.0.1"), "api", "supervisor") == "loopback"
+    # scopes are separate: the api token is no supervisor token, and the loopback rule of
+    # the token-less supervisor scope is no way around the api tokens
+    assert auth.check(conn("127.0.0.1"), "supervisor") == "loopback"
+    with pytest.raises(UnauthorizedError):
+        auth.check_any(conn("127.0.0.1"), "api", "supervisor")
+    assert auth.check_any(conn("10.0.0.2", query=f"token={API_TOKEN}"), "supervisor", "api") == "ci"
     assert auth.identify(conn("10.0.0.2")) is None
 
 
