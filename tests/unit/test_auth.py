@@ -281,8 +281,10 @@ def test_origin_rules() -> None:
     assert listed.allows("https://app.example:443", "gw.example")
     assert listed.allows("http://x:81", "gw.example")
     assert not listed.allows("http://app.example", "gw.example")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError):
         allowed_origins("not an origin")
+    with pytest.raises(ValidationError):
+        allowed_hosts("example.com:http", "127.0.0.1")
 
 
 # --- documents and errors ---------------------------------------------------------------
