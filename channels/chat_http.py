@@ -7,7 +7,6 @@ events as server-sent events; otherwise the answer is one JSON body shaped like 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
@@ -94,7 +93,6 @@ async def chat_http(request: Request) -> Response:
     try:
         opened = await anext(stream)
         turn_id = await conversation.submit(body.text, message_id=body.id)
-        turn_task = conversation.session.turn_task
     except ProtocolError as exc:
         await stream.__aexit__(None, None, None)
         return _refuse(exc.code, exc.message)
@@ -104,7 +102,7 @@ async def chat_http(request: Request) -> Response:
     if "text/event-stream" in request.headers.get("accept", ""):
         return StreamingResponse(_sse(stream, opened, turn_id), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    return await _json_reply(conversation, stream, turn_id, turn_task)
+    return await _json_reply(conversation, stream, turn_id)
 
 
 async def _sse(stream: EventStream, opened: ServerEvent, turn_id: str) -> AsyncIterator[str]:
@@ -120,8 +118,8 @@ def _sse_frame(item: ServerEvent) -> str:
     return f"event: {item.type}\ndata: {json.dumps(item.wire())}\n\n"
 
 
-async def _json_reply(conversation: Conversation, stream: EventStream, turn_id: str,
-                      turn_task: asyncio.Task[None] | None) -> Response:
+async def _json_reply(conversation: Conversation, stream: EventStream, turn_id: str
+                      ) -> Response:
     done: Done | None = None
     extra: dict[str, Any] = {}
     error: ErrorEvent | None = None
@@ -133,9 +131,7 @@ async def _json_reply(conversation: Conversation, stream: EventStream, turn_id: 
                 error = item
             elif isinstance(item, Escalated):
                 extra["escalated"] = item.wire()
-        # an escalation follows its turn's ``done`` in the same task
-        if turn_task is not None:
-            await asyncio.wait({turn_task}, timeout=5.0)
+        await conversation.settled(turn_id)  # an escalation follows its turn's ``done``
         while (late := stream.get_nowait()) is not None:
             if isinstance(late, Escalated):
                 extra["escalated"] = late.wire()
