@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
-from typing import Annotated, Any
+from typing import Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -21,7 +21,15 @@ from core.errors import DuetError
 from core.settings import Settings
 from gateway.channel import Channel
 from gateway.events import Done, ErrorEvent, Escalated, ServerEvent
-from gateway.protocol import SESSION_ID_PATTERN, Customer, ErrorCode, ProtocolError
+from gateway.protocol import (
+    Customer,
+    CustomerToken,
+    ErrorCode,
+    MessageId,
+    ProtocolError,
+    ResumeToken,
+    SessionId,
+)
 from gateway.service import Conversation, EventStream
 from gateway.state import AppState
 
@@ -39,17 +47,12 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    session_id: Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)] | None = Field(
-        None, description="Session to continue; absent: a new one.")
+    session_id: SessionId | None = Field(None, description="Session to continue; absent: new.")
     text: str = Field(description="What the customer said (1..4000 characters).")
-    customer_token: Annotated[str, StringConstraints(min_length=1, max_length=8192)] | None = (
-        Field(None, description="The company's signed JWT for this customer."))
-    resume_token: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
-        None, description="An anonymous session's resume secret.")
-    customer: Customer | None = Field(
-        None, description="Ignored: the old client-claimed identity grants nothing.")
-    id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
-        None, description="Client message id.")
+    customer_token: CustomerToken | None = Field(None, description="The customer's JWT.")
+    resume_token: ResumeToken | None = Field(None, description="An anonymous session's secret.")
+    customer: Customer | None = Field(None, description="Ignored: grants nothing.")
+    id: MessageId | None = Field(None, description="Client message id.")
 
 
 def _refuse(code: str, message: str, status: int | None = None) -> JSONResponse:
