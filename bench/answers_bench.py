@@ -230,7 +230,8 @@ def variants(argv: list[str]) -> list[tuple[str, bool]]:
 
 
 async def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:
+        argv = sys.argv[1:] if __name__ == "__main__" else []
     gh_docs, gh_items = ghdocs_items()
     sf_docs, sf_items = stackfaq_items()
     report_all: dict[str, Any] = {"corpora": {

@@ -65,8 +65,11 @@ class RetrievalAgent:
         )
 
     async def warm_up(self) -> None:
-        """Build the keyword index now (start-up; later rebuilds run in the background)."""
+        """Build the keyword index and load a local model now (start-up), not on a turn."""
         await asyncio.to_thread(self.keyword.rebuild)
+        warm = getattr(self.generator, "warm_up", None)
+        if warm is not None:
+            await warm()
 
     async def stream(self, turn: TurnContext) -> AsyncIterator[AnswerDelta | AnswerFinal]:
         """The answer's pieces in order, then exactly one :class:`AnswerFinal`.

@@ -297,14 +297,30 @@ class ExtractiveGenerator:
 
 
 def build_generator(settings: Settings, embedder: Embedder | None = None) -> Generator:
-    """The answer generator the settings ask for: an LLM endpoint if configured, else extractive.
+    """The answer generator the settings ask for.
+
+    ``DUET_LLM_BASE_URL`` set: that OpenAI-compatible endpoint; else ``DUET_GENERATOR=local``:
+    the local model (:mod:`.local_llm`); else extractive. A model's answer goes through
+    the grounding check (:mod:`.grounding`) unless ``DUET_GROUNDING_CHECK=false``.
 
     Without ``embedder`` the extractive generator adopts the knowledge base's when it is
     given to a :class:`~agents.retrieval.agent.RetrievalAgent`. The agent always keeps an
-    extractive generator of its own as the fallback of an LLM that is slow or fails.
+    extractive generator of its own as the fallback of a model that is slow, busy,
+    ungrounded or failing. A local model loads in ``RetrievalAgent.warm_up``.
     """
+    generator: Generator
     if settings.llm_base_url:
         from agents.retrieval.llm import OpenAIChatGenerator
 
-        return OpenAIChatGenerator.from_settings(settings)
-    return ExtractiveGenerator(embedder)
+        generator = OpenAIChatGenerator.from_settings(settings)
+    elif settings.generator == "local":
+        from agents.retrieval.local_llm import LocalLLMGenerator
+
+        generator = LocalLLMGenerator.from_settings(settings)
+    else:
+        return ExtractiveGenerator(embedder)
+    if settings.grounding_check:
+        from agents.retrieval.grounding import GroundedGenerator
+
+        generator = GroundedGenerator(generator)
+    return generator
