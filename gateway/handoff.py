@@ -17,14 +17,18 @@ _TOPIC_WORDS = {
 }
 
 
+def _place(position: int) -> str:
+    if position == 1:
+        return "you're first in the queue"
+    return f"you're number {position} in the queue"
+
+
 def escalated(position: int, online: int) -> str:
     """Right after an escalation."""
     if online == 0:
         return ("I've asked for a person from our team, but nobody is online right now. "
                 + _LEAVE)
-    ahead = ("you're next" if position == 1
-             else f"you're number {position} in the queue")
-    return (f"I've asked for a person from our team: {ahead}. They'll join this chat "
+    return (f"I've asked for a person from our team: {_place(position)}. They'll join this chat "
             "and see everything so far. While you wait I won't answer on my own; say "
             "\"back to the bot\" if you'd rather keep chatting with me.")
 
@@ -42,8 +46,8 @@ def still_waiting(position: int | None, notice: str | None, online: int) -> str:
         return ("Thanks, I've kept your message for our team; they'll see it as soon as "
                 "someone is available. Say \"back to the bot\" if you'd like to keep "
                 "chatting with me meanwhile.")
-    where = "you're next" if position == 1 else f"you're number {position} in the queue"
-    return (f"Thanks, I've passed that on; {where}. A person will join this chat shortly.")
+    return (f"Thanks, I've passed that on; {_place(position or 1)}. A person will join this "
+            "chat shortly.")
 
 
 def timed_out(minutes: float) -> str:

@@ -115,7 +115,7 @@ async def test_waiting_keeps_messages_answers_no_facts_and_can_go_back(world) ->
     events = await _turn(conversation, "How do I reset the hub?")
     assert retrieval.contexts == []
     assert _types(events) == ["user_message", "delta", "done"]
-    assert "you're next" in events[-1].text  # type: ignore[attr-defined]
+    assert "first in the queue" in events[-1].text  # type: ignore[attr-defined]
     record = chat.escalations.get(conversation.session_id)
     assert record is not None and [m.text for m in record.messages] == ["How do I reset the hub?"]
     assert wants_the_bot("ok, back to the bot") and not wants_the_bot("my bot vacuum broke")
