@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+from playwright.async_api import expect
 
 from core.natsd import EmbeddedNats
 from tests.conftest import Gateway, make_settings, run_gateway
@@ -47,6 +48,8 @@ async def browser() -> AsyncIterator:
         pytest.fail("Debian chromium is missing: run `make test-system`")
     from playwright.async_api import async_playwright
 
+    # (page waits use locator assertions: the page's CSP forbids the eval that
+    # wait_for_function needs)
     async with async_playwright() as p:
         chromium = await p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
@@ -72,8 +75,7 @@ async def test_a_wrong_token_does_not_sign_in(gw: Gateway, browser) -> None:
     await page.goto(f"{gw.base_url}/console")
     await page.fill("#token", "not-a-real-token-0123456789")
     await page.click("#signin-form button[type=submit]")
-    await page.wait_for_function(
-        "document.getElementById('signin-error').textContent.includes('not accepted')")
+    await expect(page.locator("#signin-error")).to_contain_text("not accepted", timeout=30_000)
     assert await page.is_hidden("#desk")
     await page.close()
 
@@ -87,8 +89,7 @@ async def test_claim_reply_and_release_from_the_console(gw: Gateway, browser,
     await page.goto(f"{gw.base_url}/console")
     await page.fill("#token", ALICE)
     await page.press("#token", "Enter")
-    await page.wait_for_function(
-        "document.getElementById('status').textContent === 'connected'")
+    await expect(page.locator("#status")).to_have_text("connected", timeout=30_000)
 
     chat = await customer(gw)
     await chat.send(type="message", text="How do I factory reset the hub?")
@@ -124,8 +125,7 @@ async def test_claim_reply_and_release_from_the_console(gw: Gateway, browser,
     await page.press("#reply", "Control+Enter")
     human = await chat.until("delta", source="human")
     assert human["text"] == "Hi, Alice here. The reset takes about 5 minutes."
-    await page.wait_for_function(
-        "document.getElementById('transcript').textContent.includes('Alice here')")
+    await expect(page.locator("#transcript")).to_contain_text("Alice here", timeout=30_000)
     await page.screenshot(path=str(tmp_path / "console-replied.png"))
 
     await page.click("#release")
