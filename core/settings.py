@@ -125,6 +125,22 @@ class Settings(BaseSettings):
     channels: str = Field(
         "*", description="Channels to serve, comma-separated entry-point names (`*`: all).")
 
+    # --- escalation and supervisors (issue #7) ---------------------------------------------
+    handoff_timeout_s: float = Field(
+        300.0, gt=0, description="A customer waiting this long for a person is told and may "
+        "leave a message or go back to the bot.")
+    human_only_topics: OptionalPath = Field(
+        None, description="YAML of topics the bot never answers on its own; default: "
+                          "configs/human_only.yaml.")
+    low_confidence_turns: int = Field(
+        2, ge=1, le=10, description="Low-confidence answers in a row that escalate.")
+    agent_assist: bool = Field(
+        True, description="While a person holds a conversation, draft a grounded reply "
+                          "for them (suggestion events) on every customer message.")
+    audit_max_age_s: float = Field(
+        90 * 86400.0, ge=3600, description="How long the audit log (stream DUET_AUDIT) "
+                                           "keeps supervisor actions and state changes.")
+
     # --- identity and access (PROTOCOL §0) ------------------------------------------------
     api_tokens: OptionalSecret = Field(
         None, description="Operator tokens for document writes/reads and /metrics: "

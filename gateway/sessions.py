@@ -118,6 +118,9 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self._spawn = spawn
         self._emit_lock = asyncio.Lock()
+        #: Set when another process changed the record (a supervisor's words added to the
+        #: history on release): reloaded before the next turn.
+        self.record_stale = False
 
     # --- what the session is -------------------------------------------------------------
 
@@ -175,6 +178,19 @@ class Session:
             log.exception("session record not saved", extra={"session_id": self.id})
             if self._metrics is not None:
                 self._metrics.journal_failures.inc()
+
+    async def reload_record(self) -> None:
+        """Take the journal's record (history, state) over this process's copy."""
+        self.record_stale = False
+        if self._journal is None:
+            return
+        try:
+            record = await self._journal.load_record(self.id)
+        except DependencyError:
+            log.exception("session record not reloaded", extra={"session_id": self.id})
+            return
+        if record is not None:
+            self.record = record
 
     # --- events --------------------------------------------------------------------------
 

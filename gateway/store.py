@@ -84,7 +84,9 @@ class SessionRecord(BaseModel):
         None, description="Anonymous sessions: hash of the secret that resumes them.")
     history: list[tuple[str, str]] = Field(
         default_factory=list, description="Earlier turns (role, text), oldest first.")
-    escalated: bool = Field(False, description="Waiting for, or with, a person.")
+    escalated: bool = Field(False, description="Waiting for, or with, a person (the state "
+                                               "itself: DUET_CONVERSATIONS).")
+    low_confidence_turns: int = Field(0, ge=0, description="Low-confidence turns in a row.")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
