@@ -277,6 +277,9 @@ class WhatsAppService:
                 if running.task.done() or not running.renderer.window_open(now):
                     running.task.cancel()
                     self._lines.pop(number, None)
+            for number, lock in list(self._locks.items()):
+                if not lock.locked() and number not in self._lines:
+                    del self._locks[number]
 
     @property
     def lines(self) -> dict[str, LineRenderer]:
