@@ -210,11 +210,13 @@ class WhatsAppService:
         if conversation is None:
             conversation = await self.chat.open(identity, channel="whatsapp")
             fresh = Line(session_id=conversation.session_id)
-            line = await self.store.create_line(number, fresh) if line is None else fresh
-            if line.session_id != conversation.session_id:  # another process was first
-                conversation = await self.chat.open(identity, channel="whatsapp",
-                                                    session_id=line.session_id)
-            await self.store.save_line(number, line)
+            if line is None:
+                line = await self.store.create_line(number, fresh)
+                if line.session_id != conversation.session_id:  # another process was first
+                    conversation = await self.chat.open(identity, channel="whatsapp",
+                                                        session_id=line.session_id)
+            else:
+                line = fresh  # the caller saves it, with the time of this message
         return await self._start(number, conversation.session_id, line.last_inbound,
                                  conversation=conversation)
 
