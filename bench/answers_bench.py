@@ -27,7 +27,7 @@ Reported per generator (extractive; the local model when installed) and per rank
 
 ``python -m bench.answers_bench [extractive|local] [--no-rerank] [--ghdocs-only]``; ``make bench`` runs
 the extractive generator with and without passage re-ranking, and the local model (when
-its weights are installed: ``make local-model``) with it.
+its weights are installed: ``make local-model``) with the ranking as shipped (without).
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def variants(argv: list[str]) -> list[tuple[str, bool]]:
         else:
             names += ["local"] if local_model_available() else []
     # The local model is measured with the ranking as shipped (it takes minutes a run).
-    return [(g, r) for g in names for r in (rerank_options if g == "extractive" else [True])]
+    return [(g, r) for g in names for r in (rerank_options if g == "extractive" else [False])]
 
 
 async def main(argv: list[str] | None = None) -> None:
@@ -295,7 +295,7 @@ async def main(argv: list[str] | None = None) -> None:
                                        for c, f in report_all["acknowledgments"].items()},
               flush=True)
         for generator, rerank in variants(argv):
-            name = f"{generator}{'' if rerank else ' (no re-ranking)'}"
+            name = f"{generator}{' (passage re-ranking)' if rerank else ''}"
             print(f"-- {name}", flush=True)
             report_all[name] = await run_variant(rt, items, generator=generator, rerank=rerank)
             for corpus, figures in report_all[name].items():

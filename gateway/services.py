@@ -29,7 +29,8 @@ async def chat_services(state: AppState) -> AsyncIterator[ChatService]:
     intents = await asyncio.to_thread(IntentCatalog.load, kb.embedder)
     policy = EscalationPolicy()
     agent = RetrievalAgent(kb, generator=build_generator(settings), journeys=Journeys.load(),
-                           policy=policy, metrics=state.metrics)
+                           policy=policy, metrics=state.metrics,
+                           rerank=settings.rerank_passages)
     async with agent:
         await agent.warm_up()
         escalations = EscalationQueue()
