@@ -97,8 +97,13 @@ def summary_rows() -> list[tuple[str, str, str]]:
                          f"{value['mrr@10']} · {value['recall@1']} · {value['recall@5']} · "
                          f"{value['ms_per_query']['p50']}"))
     if (r := _load("answers")) is not None:
+        for corpus, f in (r.get("acknowledgments") or {}).items():
+            rows.append(("answers", f"{corpus}: acknowledgments naming a KB topic · naming "
+                         "what neither message nor KB has",
+                         f"{f.get('naming_a_kb_topic')}/{f.get('acknowledgments')} · "
+                         f"{f.get('naming_what_neither_message_nor_kb_has')}"))
         for variant, figures in r.items():
-            if variant == "corpora" or not isinstance(figures, dict):
+            if variant in ("corpora", "acknowledgments") or not isinstance(figures, dict):
                 continue
             for corpus, f in figures.items():
                 rows.append(("answers", f"{variant}, {corpus}: facts · citations · "

@@ -106,6 +106,8 @@ class Settings(BaseSettings):
         "extractively instead of queueing.")
     grounding_check: bool = Field(
         True, description="Check every generated sentence against the passages.")
+    rerank_passages: bool = Field(
+        False, description="Re-rank the top documents by their best passage (~10 ms a turn).")
 
     session_log_events: int = Field(5000, ge=10, description="Events kept per session for resume.")
     session_idle_s: float = Field(1800.0, gt=0, description="An idle session ends after this.")
