@@ -26,6 +26,7 @@ BENCHES = {
     "chat": "bench.chat_bench",
     "stackfaq": "bench.stackfaq_bench",
     "ingest_under_load": "bench.ingest_under_load",
+    "supervisor": "bench.supervisor_bench",
 }
 
 

@@ -184,7 +184,12 @@ class SupervisorDesk:
                 "online": await self.queue.online()}
 
     async def session(self, session_id: str) -> Session:
-        """The session (loaded here if another process holds it)."""
+        """The session (loaded here if another process holds it). One held here needs no
+        refresh: its appends are compare-and-set, so an emit after another process's
+        events reads them first."""
+        held = self.chat.sessions.held(session_id)
+        if held is not None:
+            return held
         session = await self.chat.sessions.get(session_id)
         if session is None:
             raise ProtocolError("unknown_session", "no such conversation")
@@ -200,8 +205,8 @@ class SupervisorDesk:
         session = await self.session(session_id)
         await self.chat.router.cancel(session)  # a bot turn in progress here stops
         session.escalated = True
-        await session.emit(AgentJoined(agent=AgentRef(id=agent, name=agent)))
-        await self.audit.record(agent, "claim", session_id)
+        await asyncio.gather(session.emit(AgentJoined(agent=AgentRef(id=agent, name=agent))),
+                             self.audit.record(agent, "claim", session_id))
         return session
 
     def conversation(self, session: Session, record: ConversationRecord | None
@@ -228,13 +233,18 @@ class SupervisorDesk:
         check_text(text)
         session = await self._holder(agent, session_id, "message")
         turn_id = "h" + uuid.uuid4().hex[:15]
-        await session.emit(Delta(turn_id=turn_id, source="human", text=text))
-        await session.emit(Done(turn_id=turn_id, text=text, timings_ms=Timings(total=0.0)))
-        await self.audit.record(agent, "message", session_id, chars=len(text))
+
+        async def deliver() -> None:
+            await session.emit(Delta(turn_id=turn_id, source="human", text=text))
+            await session.emit(Done(turn_id=turn_id, text=text, timings_ms=Timings(total=0.0)))
+
+        await asyncio.gather(deliver(),
+                             self.audit.record(agent, "message", session_id, chars=len(text)))
 
     async def release(self, agent: str, session_id: str) -> None:
         """human → bot; the person's exchange goes into the bot's history first."""
         session = await self._holder(agent, session_id, "release")
+        await session.refresh()  # every customer message, wherever it was written
         self._keep_exchange(session)
         await session.save()
         await self.queue.release(session_id, agent)
@@ -246,6 +256,7 @@ class SupervisorDesk:
     async def close(self, agent: str, session_id: str) -> None:
         """human → closed."""
         session = await self._holder(agent, session_id, "close")
+        await session.refresh()  # every customer message, wherever it was written
         self._keep_exchange(session)
         await session.save()
         await self.queue.close(session_id, agent)
