@@ -218,3 +218,17 @@ async def test_a_long_wait_is_told_once_with_a_way_out(world) -> None:
     assert isinstance(done, Done) and "leave a message" in done.text
     kept = await _turn(conversation, "Please call me back tomorrow")
     assert "kept your message" in kept[-1].text  # type: ignore[attr-defined]
+
+
+def test_console_tokens_never_reach_the_log() -> None:
+    import logging
+
+    from channels.console import RedactTokens
+
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1,
+                               '%s - "WebSocket %s" [accepted]',
+                               ("127.0.0.1:5", "/v1/supervisor?token=alice-secret-123&x=1"),
+                               None)
+    assert RedactTokens().filter(record)
+    assert "alice-secret" not in record.getMessage()
+    assert "token=<redacted>&x=1" in record.getMessage()
