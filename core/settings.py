@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -92,6 +92,20 @@ class Settings(BaseSettings):
     llm_api_key: OptionalStr = Field(None, description="Bearer token for that endpoint.")
     llm_first_token_timeout_s: float = Field(2.0, gt=0, description="Fallback after this wait.")
     llm_total_timeout_s: float = Field(20.0, gt=0, description="Longest whole LLM answer.")
+    # --- answers: generators, ranking (issue #10)
+    generator: Literal["extractive", "local"] = Field(
+        "extractive", description="Answer generator when no LLM endpoint is set: quotes or "
+        "the local model.")
+    local_model_path: OptionalPath = Field(
+        None, description="GGUF weights of the local model; default: the pinned package's.")
+    local_model_threads: int = Field(2, ge=1, le=64, description="CPU threads of the model.")
+    local_model_ctx_tokens: int = Field(2048, ge=256, le=32768, description="Context window.")
+    local_max_tokens: int = Field(160, ge=16, le=2048, description="Longest generated answer.")
+    local_max_concurrent: int = Field(
+        1, ge=1, le=16, description="Turns generating at once; a turn beyond it is answered "
+        "extractively instead of queueing.")
+    grounding_check: bool = Field(
+        True, description="Check every generated sentence against the passages.")
 
     session_log_events: int = Field(5000, ge=10, description="Events kept per session for resume.")
     session_idle_s: float = Field(1800.0, gt=0, description="An idle session ends after this.")
@@ -126,6 +140,39 @@ class Settings(BaseSettings):
     audit_max_age_s: float = Field(
         90 * 86400.0, ge=3600, description="How long the audit log (stream DUET_AUDIT) "
                                            "keeps supervisor actions and state changes.")
+    # --- channels: WhatsApp and web widget (issue #9) -------------------------------------
+    whatsapp_api_base: str = Field(
+        "https://graph.facebook.com", description="Base URL of the WhatsApp Cloud (Graph) API.")
+    whatsapp_api_version: str = Field("v23.0", description="Graph API version in request paths.")
+    whatsapp_access_token: OptionalSecret = Field(
+        None, description="Graph API access token; the WhatsApp channel is on when it is set.")
+    whatsapp_phone_number_id: OptionalStr = Field(
+        None, description="The business phone number id replies are sent from.")
+    whatsapp_app_secret: OptionalSecret = Field(
+        None, description="Meta app secret: webhook deliveries must carry its "
+                          "X-Hub-Signature-256 (unset: every delivery is refused).")
+    whatsapp_verify_token: OptionalSecret = Field(
+        None, description="The token Meta echoes in the webhook's GET verification handshake.")
+    whatsapp_groups: OptionalStr = Field(
+        None, description="ACL groups of known numbers: `+15551234567=staff|beta,...`; "
+                          "other numbers read `public` only.")
+    whatsapp_template: OptionalStr = Field(
+        None, description="Approved template sent when a reply falls outside the 24-hour "
+                          "customer-service window (unset: such replies are not sent).")
+    whatsapp_template_language: str = Field("en_US", description="Language code of it.")
+    whatsapp_window_s: float = Field(
+        86400.0, gt=0, description="The customer-service window after a customer's message.")
+    whatsapp_ack_delay_s: float = Field(
+        1.0, ge=0, description="An answer ready this soon after the message is sent alone "
+                               "(no acknowledgment message first).")
+    whatsapp_send_attempts: int = Field(
+        5, ge=1, le=20, description="Tries of one Graph API call on 429/5xx (with backoff).")
+    whatsapp_timeout_s: float = Field(10.0, gt=0, description="Timeout of one Graph API call.")
+    whatsapp_dedup_ttl_s: float = Field(
+        7 * 86400.0, ge=3600, description="How long message ids are remembered (duplicates of "
+                                          "Meta's retries are dropped).")
+    widget_demo_page: bool = Field(
+        True, description="Serve the web widget's demo page at `/` (widget.js is always served).")
 
     # --- identity and access (PROTOCOL §0) ------------------------------------------------
     api_tokens: OptionalSecret = Field(

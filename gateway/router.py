@@ -174,8 +174,9 @@ class TurnRouter:
         return await self.start_turn(session, pending.text)
 
     async def finish_cancelled(self, session: Session, turn: Turn) -> None:
-        """End a stopped turn with a ``done`` marked ``cancelled`` (once)."""
-        if turn.finished:
+        """End a stopped turn with a ``done`` marked ``cancelled`` (once). Not when the
+        process is shutting down: the turn stays open in the journal and is run again."""
+        if turn.finished or session.shutting_down:
             return
         turn.finished = True
         self.metrics.turns.labels("cancelled").inc()

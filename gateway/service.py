@@ -154,6 +154,14 @@ class Conversation:
         """The customer asks for a person (the reason goes to the queue, not the history)."""
         await self._service.router.escalate(self.session, "customer_request", note=reason)
 
+    async def settled(self, turn_id: str, *, timeout_s: float = 5.0) -> None:
+        """Wait until the turn ``turn_id`` has finished everything it emits (its ``done`` and
+        an escalation that follows it); returns at once if another turn is current."""
+        session = self.session
+        task, turn = session.turn_task, session.turn
+        if task is not None and turn is not None and getattr(turn, "turn_id", None) == turn_id:
+            await asyncio.wait({task}, timeout=timeout_s)
+
     def events(self, *, resume_from: int | None = None, maxsize: int = 256) -> EventStream:
         """The session's events for this connection: ``SessionOpened`` first, then the
         replay after ``resume_from``, then live events."""
