@@ -30,6 +30,7 @@ BENCHES = {
     "ingest_under_load": "bench.ingest_under_load",
     "whatsapp": "bench.whatsapp_bench",
     "widget": "bench.widget_bench",
+    "supervisor": "bench.supervisor_bench",
 }
 
 
