@@ -68,13 +68,15 @@ class WhatsAppService:
 
     def __init__(self, chat: ChatService, store: WhatsAppStore, graph: GraphClient, *,
                  metrics: WhatsAppMetrics, options: RenderOptions,
-                 groups: dict[str, tuple[str, ...]], concurrency: int = 64) -> None:
+                 groups: dict[str, tuple[str, ...]], phone_number_id: str,
+                 concurrency: int = 64) -> None:
         self.chat = chat
         self.store = store
         self.graph = graph
         self.metrics = metrics
         self.options = options
         self.groups = groups
+        self.phone_number_id = phone_number_id
         self._lines: dict[str, _Running] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._slots = asyncio.Semaphore(concurrency)
@@ -143,6 +145,10 @@ class WhatsAppService:
     async def _inbound(self, inbound: Inbound, delivery: int) -> None:
         number = _digits(inbound.sender)
         if not number:
+            return
+        if inbound.phone_number_id not in (None, self.phone_number_id):
+            # another business number of the same Meta app: not ours to answer
+            self.metrics.inbound.labels(inbound.kind, "other_number").inc()
             return
         if not await self.store.claim_message(inbound.id, delivery):
             self.metrics.inbound.labels(inbound.kind, "duplicate").inc()

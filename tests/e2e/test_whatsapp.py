@@ -305,6 +305,17 @@ async def test_statuses_are_counted_and_never_answered(site: Site) -> None:
     assert sender not in site.service.lines and site.graph.sent(sender) == []
 
 
+async def test_messages_to_another_business_number_are_not_answered(site: Site) -> None:
+    other = number()
+    payload = text_delivery(other, "hello", wamid=wamid())
+    payload["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = "999"
+    assert (await site.post(payload)).status_code == 200
+    mine = number()
+    await site.post(text_delivery(mine, "hello", wamid=wamid()))  # processed after it
+    await site.graph.wait_for(lambda: len(site.graph.sent(mine)) >= 1)
+    assert other not in site.service.lines and site.graph.sent(other, "read") == []
+
+
 async def test_configured_numbers_get_their_groups(site: Site) -> None:
     sender = "15550199999"
     await site.post(text_delivery(sender, "hello", wamid=wamid()))
