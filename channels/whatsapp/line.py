@@ -74,6 +74,8 @@ class _Turn:
     ack_queued: bool = False
     answer: list[str] = field(default_factory=list)
     failed: bool = False
+    #: A person's message (a ``human`` delta and its ``done``): sent with the delta.
+    human: bool = False
 
 
 class LineRenderer:
@@ -151,6 +153,8 @@ class LineRenderer:
 
     async def _on_delta(self, delta: Delta) -> None:
         if delta.source == "human":
+            if delta.turn_id is not None:
+                self._turn(delta.turn_id).human = True
             text = f"*{self._agent}*: {delta.text}" if self._agent else delta.text
             await self._queue(delta, text, kind="human")
         elif delta.source == "system":
@@ -171,11 +175,15 @@ class LineRenderer:
         await self._queue(delta, delta.text, kind="ack")
 
     async def _on_done(self, done: Done) -> None:
-        turn = self._turns.pop(done.turn_id or "", None) or _Turn()
+        turn = self._turns.pop(done.turn_id or "", None)
+        if turn is None:
+            return  # nothing of this turn was seen here: rendered before a restart
         if turn.ack_timer is not None and not turn.ack_queued:
             turn.ack_timer.cancel()  # the answer came first: no acknowledgment
-        if done.cancelled:
-            return  # a newer message superseded it (or it is run again after a restart)
+        if done.cancelled or turn.human:
+            # superseded by a newer message (or run again after a restart); or a person's
+            # message, already sent with its delta
+            return
         answer = "".join(turn.answer).strip()
         if not answer:
             answer = done.text

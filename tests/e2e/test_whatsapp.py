@@ -25,7 +25,7 @@ from channels.whatsapp.line import RenderOptions
 from core.natsd import EmbeddedNats, connect
 from core.settings import Settings
 from gateway.channel import load_channels
-from gateway.events import AgentJoined, AgentRef, Delta
+from gateway.events import AgentJoined, AgentLeft, AgentRef, Delta, Done, Timings
 from tests.conftest import make_settings
 from tests.fakes import FakeLLM
 from tests.fakes_whatsapp import (
@@ -330,10 +330,15 @@ async def test_a_supervisors_words_go_out_through_the_graph_api(site: Site) -> N
     session = site.session(sender)
     agent = AgentRef(id="sup-1", name="Anna")
     await session.emit(AgentJoined(agent=agent))
-    await session.emit(Delta(source="human", text="Hi, I'm looking at your hub now."))
-    await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 3)
-    joined, said = site.graph.texts(sender)[1:3]
-    assert "Anna" in joined and said == "*Anna*: Hi, I'm looking at your hub now."
+    # a person's message as the supervisor socket emits it: a human delta and its done
+    said = "Hi, I'm looking at your hub now."
+    await session.emit(Delta(turn_id="h1", source="human", text=said))
+    await session.emit(Done(turn_id="h1", text=said, timings_ms=Timings(total=0.0)))
+    await session.emit(AgentLeft(agent=agent))
+    await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 4)
+    await asyncio.sleep(0.3)
+    joined, message, left = site.graph.texts(sender)[1:]
+    assert "Anna" in joined and message == f"*Anna*: {said}" and "Anna" in left
 
 
 async def test_outside_the_window_only_the_template_goes(site: Site) -> None:

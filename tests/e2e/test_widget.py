@@ -23,7 +23,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from core.natsd import EmbeddedNats
 from core.settings import Settings
 from gateway.auth import CustomerTokens
-from gateway.events import AgentJoined, AgentRef, Delta, Done
+from gateway.events import AgentJoined, AgentLeft, AgentRef, Delta, Done, Timings
 from tests.conftest import Gateway, make_settings, run_gateway
 from tests.fakes import FakeLLM
 
@@ -234,12 +234,26 @@ async def test_a_supervisors_reply_appears_with_their_name(site: Site) -> None:
     await expect(page.locator("#duet-chat .note").last).to_contain_text("queue", timeout=30_000)
     session = site.session(await page.evaluate("Duet.sessionId"))
     await session.emit(AgentJoined(agent=AgentRef(id="sup-1", name="Anna")))
-    await session.emit(Delta(source="human", text="Hi! I'm Anna — I can help with the hub."))
+    # a person's message as the supervisor socket emits it: a human delta and its done
+    said = "Hi! I'm Anna — I can help with the hub."
+    await session.emit(Delta(turn_id="h1", source="human", text=said))
+    await session.emit(Done(turn_id="h1", text=said, timings_ms=Timings(total=0.0)))
     human = page.locator("#duet-chat .msg.human")
     await expect(human).to_contain_text("I can help with the hub", timeout=30_000)
     await expect(human.locator(".who")).to_have_text("Anna")
     await expect(page.locator("#duet-chat .note").last).to_contain_text("Anna joined")
     await site.shot(page, "widget-supervisor")
+    await session.emit(AgentLeft(agent=AgentRef(id="sup-1", name="Anna")))  # after the done
+    await expect(page.locator("#duet-chat .note").last).to_contain_text("Anna left")
+    assert await page.locator("#duet-chat .msg.bot").count() == 1  # the done added nothing
+    # a reload redraws the whole conversation from the session (and resumes it)
+    await page.reload()
+    await page.locator("#duet-chat .bubble").click()
+    await expect(page.locator("#duet-chat .note").last).to_contain_text("Anna left",
+                                                                        timeout=30_000)
+    assert await page.locator("#duet-chat .msg.user").count() == 1
+    assert await page.locator("#duet-chat .msg.human").count() == 1
+    assert await page.locator("#duet-chat .msg.bot").count() == 1
     await page.context.close()
 
 

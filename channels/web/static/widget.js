@@ -102,13 +102,14 @@
     token: data.customerToken || null,
     sessionId: saved.sessionId || null,
     resumeToken: saved.resumeToken || null,
-    lastSeq: saved.lastSeq || 0,
+    lastSeq: 0,           // shown so far on this page; a reload replays the conversation
     ws: null, connected: false, ready: false, wanted: false, blocked: false,
     attempts: 0, timer: null,
     queue: [],            // {obj, sent}: a message stays until its user_message is seen,
                           // and is sent again after a reconnect (the id makes it once)
     pending: {},          // client id -> the user's bubble, until the server's user_message
     turns: {},            // turn_id -> {node, ack, answer, text}
+    humanTurns: {},       // turn_id of a person's message: its done adds nothing
     agent: null,
     connects: 0
   };
@@ -360,6 +361,7 @@
       }
       case "delta": {
         if (ev.source === "human") {
+          if (ev.turn_id) state.humanTurns[ev.turn_id] = true;
           var msg = el("div", "msg human");
           msg.appendChild(el("span", "who", state.agent || "Support"));
           msg.appendChild(document.createTextNode(ev.text));
@@ -384,6 +386,8 @@
       }
       case "done":
         showTyping(false);
+        if (state.humanTurns[ev.turn_id]) { delete state.humanTurns[ev.turn_id]; break; }
+        if (!state.turns[ev.turn_id] && !ev.text) break;
         finish(turnOf(ev.turn_id), ev);
         delete state.turns[ev.turn_id];
         break;
