@@ -157,7 +157,7 @@ class LineRenderer:
                 self._turn(delta.turn_id).human = True
             text = f"*{self._agent}*: {delta.text}" if self._agent else delta.text
             await self._queue(delta, text, kind="human")
-        elif delta.source == "system":
+        elif delta.source == "system" and delta.turn_id is None:
             await self._queue(delta, delta.text, kind="system")
         elif delta.source == "ack":
             turn = self._turn(delta.turn_id)
@@ -165,7 +165,7 @@ class LineRenderer:
             wait_s = turn.started + self.options.ack_delay_s - time.monotonic()
             assert self._group is not None
             turn.ack_timer = self._group.create_task(self._ack_later(turn, delta, wait_s))
-        else:
+        else:  # the answer, or the gateway's own words as a turn's reply: sent at its done
             self._turn(delta.turn_id).answer.append(delta.text)
 
     async def _ack_later(self, turn: _Turn, delta: Delta, wait_s: float) -> None:

@@ -25,7 +25,15 @@ from channels.whatsapp.line import RenderOptions
 from core.natsd import EmbeddedNats, connect
 from core.settings import Settings
 from gateway.channel import load_channels
-from gateway.events import AgentJoined, AgentLeft, AgentRef, Delta, Done, Timings
+from gateway.events import (
+    AgentJoined,
+    AgentLeft,
+    AgentRef,
+    Delta,
+    Done,
+    Timings,
+    UserMessage,
+)
 from tests.conftest import make_settings
 from tests.fakes import FakeLLM
 from tests.fakes_whatsapp import (
@@ -363,6 +371,26 @@ async def test_outside_the_window_only_the_template_goes(site: Site) -> None:
     await site.session(other).emit(Delta(source="human", text="Still there?"))
     await site.graph.wait_for(lambda: len(site.graph.sent(other, "template")) >= 1)
     assert len(site.graph.texts(other)) == 1
+
+
+async def test_the_gateways_own_words_in_a_turn_go_once(site: Site) -> None:
+    """A turn the gateway answers itself (a ``system`` delta and its ``done``, e.g. while
+    the customer waits for a person) is one message."""
+    sender = number()
+    await site.post(text_delivery(sender, "hello", wamid=wamid()))
+    await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 1)
+    session = site.session(sender)
+    said = "A person will be with you shortly; you are number 2 in the queue."
+    await session.emit(UserMessage(turn_id="t-wait", text="anyone there?"))
+    await session.emit(Delta(turn_id="t-wait", source="system", text=said))
+    await session.emit(Done(turn_id="t-wait", text=said, timings_ms=Timings(total=1.0)))
+    # a message while a person holds the conversation: an empty turn, nothing sent
+    await session.emit(UserMessage(turn_id="t-held", text="hello?"))
+    await session.emit(Done(turn_id="t-held", text="", timings_ms=Timings(total=1.0)))
+    await session.emit(Delta(source="system", text="marker"))
+    await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 3)
+    await asyncio.sleep(0.3)
+    assert site.graph.texts(sender)[1:] == [said, "marker"]
 
 
 async def test_long_answers_are_split_between_sentences(site: Site) -> None:
