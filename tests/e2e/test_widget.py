@@ -1,7 +1,8 @@
 """The web chat widget in real headless Chromium (Debian's, driven by Playwright).
 
-A host page on another loopback origin embeds the widget with its one tag (and CSS that
-tries to break it); the gateway allows that origin (``DUET_ALLOWED_ORIGINS``). Answers come
+A host page on another loopback origin embeds the widget with its one tag (with CSS that
+tries to break it, and a strict Content-Security-Policy: no inline styles); the gateway
+allows that origin (``DUET_ALLOWED_ORIGINS``). Answers come
 from a slow OpenAI-compatible model (tests/fakes.py), so a reply is still streaming when the
 test looks at it or cuts the network. Screenshots go to ``$DUET_SCREENSHOT_DIR`` (default: a
 temp dir; the path is printed).
@@ -60,19 +61,28 @@ class HostPage:
 
     def html(self) -> str:
         return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Shop</title>"
-                f"<style>{HOSTILE_CSS}</style></head><body><h1>A shop</h1><p id='text'>"
-                "Welcome to the shop.</p>"
+                "<link rel='stylesheet' href='/host.css'></head><body><h1>A shop</h1>"
+                "<p id='text'>Welcome to the shop.</p>"
                 f"<script src='{self.gateway_url}/widget.js' data-duet-url='{self.gateway_url}' "
                 "async></script></body></html>")
 
+    def csp(self) -> str:
+        """A strict policy: no inline styles or scripts, the gateway for the widget only."""
+        ws = self.gateway_url.replace("http://", "ws://")
+        return (f"default-src 'none'; style-src 'self'; script-src {self.gateway_url}; "
+                f"connect-src {ws}; img-src 'self' data:")
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            path = (await reader.readline()).decode().split(" ")[1:2] or ["/"]
             while (await reader.readline()).strip():
                 pass
-            body = self.html().encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
-                         + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                         + body)
+            css = path[0] == "/host.css"
+            body = (HOSTILE_CSS if css else self.html()).encode()
+            kind = "text/css" if css else "text/html; charset=utf-8"
+            head = (f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+                    f"Content-Security-Policy: {self.csp()}\r\nConnection: close\r\n\r\n")
+            writer.write(head.encode() + body)
             await writer.drain()
         finally:
             writer.close()
@@ -263,6 +273,8 @@ async def test_host_css_cannot_break_it_and_it_works_from_the_keyboard(site: Sit
     assert await bubble.is_visible()  # host CSS hides every button; not this one
     size = await bubble.evaluate("n => getComputedStyle(n).fontSize")
     assert size != "40px"
+    # styled although the page's Content-Security-Policy forbids inline styles
+    assert await bubble.evaluate("n => getComputedStyle(n).backgroundColor") == "rgb(59, 91, 219)"
     # nor does the widget touch the host page
     assert await page.locator("#text").evaluate("n => getComputedStyle(n).fontSize") == "40px"
     await page.keyboard.press("Tab")

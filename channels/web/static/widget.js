@@ -126,9 +126,17 @@
   host.id = "duet-chat";
   host.setAttribute("data-duet", "");
   var root = host.attachShadow({mode: "open"});
-  var style = el("style");
-  style.textContent = CSS;
-  root.appendChild(style);
+  // A constructed style sheet is not an inline style: a host page whose Content-Security-
+  // Policy forbids 'unsafe-inline' styles still renders the widget.
+  try {
+    var sheet = new CSSStyleSheet();
+    sheet.replaceSync(CSS);
+    root.adoptedStyleSheets = [sheet];
+  } catch (e) {
+    var style = el("style");
+    style.textContent = CSS;
+    root.appendChild(style);
+  }
 
   var title = data.title || "Chat with us";
   var panel = el("div", "panel");
