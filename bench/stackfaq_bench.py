@@ -5,9 +5,10 @@ Each thread is indexed as one Markdown document (``# <question>``, then ``## Ans
 Chroma, so chunking, the hot/cold tiers and freshness scoring are all on. Then every
 paraphrase (``rephr``; the ``*`` placeholders skipped) is ranked against the threads by
 
-* **production**: the retrieval agent's own ranking (``RetrieveNode._search`` on a
-  first-turn query: 16 dense candidates, the BM25 tie-breaker and identifier candidates,
-  a document scoring as its best chunk, i.e. ``rank_documents``);
+* **production**: the retrieval agent's own ranking (``RetrieveNode._search`` and
+  ``_result`` on a first-turn query: 16 dense candidates, the BM25 tie-breaker and
+  identifier candidates, a document scoring as its best chunk, the title blend, then the
+  passage re-ranking of the top documents);
 * **dense**: ``KnowledgeBase.search_vector`` alone (16 chunks), document = best chunk;
 * **bm25 (threads)**: ``bm25s`` over whole threads with plain lower-case word tokens
   (the MEASURED.md baseline);
@@ -35,8 +36,11 @@ import bm25s
 import numpy as np
 
 from agents.retrieval.contextualize import Rewrite
+from agents.retrieval.generators import ExtractiveGenerator
 from agents.retrieval.hybrid import FusionWeights, KeywordIndex, rank_documents
+from agents.retrieval.rerank import PassageReranker
 from agents.retrieval.retrieve import RetrieveNode
+from agents.retrieval.titles import TitleBlend
 from bench.common import save, scratch_runtime, summary
 from ingest.events import DocumentEvent
 from ingest.kb import KnowledgeBase
@@ -155,14 +159,20 @@ async def main() -> None:
         await asyncio.to_thread(keyword.rebuild)
         embed = kb.embedder.embed_one
 
-        def production(weights: FusionWeights | None = None,
-                       k: int = 16) -> Callable[[str], list[str]]:
-            node = RetrieveNode(kb, keyword, k=k, weights=weights)
+        passages = ExtractiveGenerator(kb.embedder)
+
+        def production(weights: FusionWeights | None = None, k: int = 16,
+                       rerank: PassageReranker | None | bool = True
+                       ) -> Callable[[str], list[str]]:
+            if rerank is True:
+                rerank = PassageReranker(passages, titles=TitleBlend(kb.embedder))
+            node = RetrieveNode(kb, keyword, k=k, weights=weights, passages=rerank or None)
 
             def rank(q: str) -> list[str]:
                 vector = embed(q)
                 result, scored = node._search(Rewrite(q, "fresh"), vector, ())
-                ranked = node._result(vector, scored, result.as_of, prefetch_hit=False)["ranked"]
+                ranked = node._result(q, vector, scored, result.as_of,
+                                      prefetch_hit=False)["ranked"]
                 return [d.doc_id for d in ranked]
             return rank
 
@@ -238,6 +248,13 @@ async def main() -> None:
 
         ablations: dict[str, Any] = {}
         for label, rank_fn in (
+            ("no passage re-ranking", production(rerank=False)),
+            ("passage re-ranking without the title as a passage",
+             production(rerank=PassageReranker(passages))),
+            ("passage re-ranking weight 0.3", production(rerank=PassageReranker(
+                passages, weight=0.3, titles=TitleBlend(kb.embedder)))),
+            ("passage re-ranking weight 0.7", production(rerank=PassageReranker(
+                passages, weight=0.7, titles=TitleBlend(kb.embedder)))),
             ("keyword 0.15, identifier off",
              production(FusionWeights(identifier=0.15, extra_candidates=0))),
             ("keyword 0 (dense only through the agent)",

@@ -7,13 +7,12 @@ events as server-sent events; otherwise the answer is one JSON body shaped like 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
-from typing import Annotated, Any
+from typing import Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -22,7 +21,15 @@ from core.errors import DuetError
 from core.settings import Settings
 from gateway.channel import Channel
 from gateway.events import Done, ErrorEvent, Escalated, ServerEvent
-from gateway.protocol import SESSION_ID_PATTERN, Customer, ErrorCode, ProtocolError
+from gateway.protocol import (
+    Customer,
+    CustomerToken,
+    ErrorCode,
+    MessageId,
+    ProtocolError,
+    ResumeToken,
+    SessionId,
+)
 from gateway.service import Conversation, EventStream
 from gateway.state import AppState
 
@@ -40,17 +47,12 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    session_id: Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)] | None = Field(
-        None, description="Session to continue; absent: a new one.")
+    session_id: SessionId | None = Field(None, description="Session to continue; absent: new.")
     text: str = Field(description="What the customer said (1..4000 characters).")
-    customer_token: Annotated[str, StringConstraints(min_length=1, max_length=8192)] | None = (
-        Field(None, description="The company's signed JWT for this customer."))
-    resume_token: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
-        None, description="An anonymous session's resume secret.")
-    customer: Customer | None = Field(
-        None, description="Ignored: the old client-claimed identity grants nothing.")
-    id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
-        None, description="Client message id.")
+    customer_token: CustomerToken | None = Field(None, description="The customer's JWT.")
+    resume_token: ResumeToken | None = Field(None, description="An anonymous session's secret.")
+    customer: Customer | None = Field(None, description="Ignored: grants nothing.")
+    id: MessageId | None = Field(None, description="Client message id.")
 
 
 def _refuse(code: str, message: str, status: int | None = None) -> JSONResponse:
@@ -94,7 +96,6 @@ async def chat_http(request: Request) -> Response:
     try:
         opened = await anext(stream)
         turn_id = await conversation.submit(body.text, message_id=body.id)
-        turn_task = conversation.session.turn_task
     except ProtocolError as exc:
         await stream.__aexit__(None, None, None)
         return _refuse(exc.code, exc.message)
@@ -104,7 +105,7 @@ async def chat_http(request: Request) -> Response:
     if "text/event-stream" in request.headers.get("accept", ""):
         return StreamingResponse(_sse(stream, opened, turn_id), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    return await _json_reply(conversation, stream, turn_id, turn_task)
+    return await _json_reply(conversation, stream, turn_id)
 
 
 async def _sse(stream: EventStream, opened: ServerEvent, turn_id: str) -> AsyncIterator[str]:
@@ -120,8 +121,8 @@ def _sse_frame(item: ServerEvent) -> str:
     return f"event: {item.type}\ndata: {json.dumps(item.wire())}\n\n"
 
 
-async def _json_reply(conversation: Conversation, stream: EventStream, turn_id: str,
-                      turn_task: asyncio.Task[None] | None) -> Response:
+async def _json_reply(conversation: Conversation, stream: EventStream, turn_id: str
+                      ) -> Response:
     done: Done | None = None
     extra: dict[str, Any] = {}
     error: ErrorEvent | None = None
@@ -133,9 +134,7 @@ async def _json_reply(conversation: Conversation, stream: EventStream, turn_id: 
                 error = item
             elif isinstance(item, Escalated):
                 extra["escalated"] = item.wire()
-        # an escalation follows its turn's ``done`` in the same task
-        if turn_task is not None:
-            await asyncio.wait({turn_task}, timeout=5.0)
+        await conversation.settled(turn_id)  # an escalation follows its turn's ``done``
         while (late := stream.get_nowait()) is not None:
             if isinstance(late, Escalated):
                 extra["escalated"] = late.wire()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -92,6 +92,20 @@ class Settings(BaseSettings):
     llm_api_key: OptionalStr = Field(None, description="Bearer token for that endpoint.")
     llm_first_token_timeout_s: float = Field(2.0, gt=0, description="Fallback after this wait.")
     llm_total_timeout_s: float = Field(20.0, gt=0, description="Longest whole LLM answer.")
+    # --- answers: generators, ranking (issue #10)
+    generator: Literal["extractive", "local"] = Field(
+        "extractive", description="Answer generator when no LLM endpoint is set: quotes or "
+        "the local model.")
+    local_model_path: OptionalPath = Field(
+        None, description="GGUF weights of the local model; default: the pinned package's.")
+    local_model_threads: int = Field(2, ge=1, le=64, description="CPU threads of the model.")
+    local_model_ctx_tokens: int = Field(2048, ge=256, le=32768, description="Context window.")
+    local_max_tokens: int = Field(160, ge=16, le=2048, description="Longest generated answer.")
+    local_max_concurrent: int = Field(
+        1, ge=1, le=16, description="Turns generating at once; a turn beyond it is answered "
+        "extractively instead of queueing.")
+    grounding_check: bool = Field(
+        True, description="Check every generated sentence against the passages.")
 
     session_log_events: int = Field(5000, ge=10, description="Events kept per session for resume.")
     session_idle_s: float = Field(1800.0, gt=0, description="An idle session ends after this.")
@@ -111,6 +125,21 @@ class Settings(BaseSettings):
     channels: str = Field(
         "*", description="Channels to serve, comma-separated entry-point names (`*`: all).")
 
+    # --- escalation and supervisors (issue #7) ---------------------------------------------
+    handoff_timeout_s: float = Field(
+        300.0, gt=0, description="A customer waiting this long for a person is told and may "
+        "leave a message or go back to the bot.")
+    human_only_topics: OptionalPath = Field(
+        None, description="YAML of topics the bot never answers on its own; default: "
+                          "configs/human_only.yaml.")
+    low_confidence_turns: int = Field(
+        2, ge=1, le=10, description="Low-confidence answers in a row that escalate.")
+    agent_assist: bool = Field(
+        True, description="While a person holds a conversation, draft a grounded reply "
+                          "for them (suggestion events) on every customer message.")
+    audit_max_age_s: float = Field(
+        90 * 86400.0, ge=3600, description="How long the audit log (stream DUET_AUDIT) "
+                                           "keeps supervisor actions and state changes.")
     # --- channels: WhatsApp and web widget (issue #9) -------------------------------------
     whatsapp_api_base: str = Field(
         "https://graph.facebook.com", description="Base URL of the WhatsApp Cloud (Graph) API.")

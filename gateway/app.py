@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from core.metrics import Metrics
 from core.natsd import EmbeddedNats, redact_url, write_private
 from core.settings import CONFIGS_DIR, Settings
-from gateway import documents, ops
+from gateway import documents, ops, supervisor
 from gateway.auth import CustomerTokens, security_middleware
 from gateway.channel import Channel, load_channels
 from gateway.errors import exception_handlers
@@ -80,7 +80,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None,
 
     channel_routes = [route for channel in channels for route in channel.routes()]
     return Starlette(
-        routes=[*ops.routes, *documents.routes, *channel_routes],
+        routes=[*ops.routes, *documents.routes, *supervisor.routes, *channel_routes],
         middleware=security_middleware(settings),
         exception_handlers=exception_handlers(),
         lifespan=lifespan,

@@ -55,7 +55,9 @@ __all__ = [
     "Identity",
     "OperatorAuth",
     "OperatorScope",
+    "customers_for",
     "is_loopback_client",
+    "operators_for",
     "parse_operator_tokens",
     "require_operator",
     "security_middleware",
@@ -332,8 +334,13 @@ class OperatorAuth:
         raise UnauthorizedError(_OPERATOR_REQUIRED)
 
     def check_any(self, conn: HTTPConnection, *scopes: OperatorScope) -> str:
-        """The operator's name under the first scope that admits the caller."""
-        for scope in scopes:
+        """The operator's name under the first scope that admits the caller.
+
+        When any of ``scopes`` has tokens, the loopback rule of the others does not apply:
+        with operator tokens configured, every caller needs one.
+        """
+        configured = [scope for scope in scopes if self._tokens[scope]]
+        for scope in configured or scopes:
             try:
                 return self.check(conn, scope)
             except UnauthorizedError:

@@ -140,6 +140,9 @@ class Escalated(ServerEvent):
     type: Literal["escalated"] = "escalated"
     reason: str = Field(description="Why (customer_request, anger, not_in_kb, …).")
     queue_position: int = Field(ge=1, description="1-based position in the human queue.")
+    message: str | None = Field(
+        None, description="What happens next, for the customer (and whether anyone is online).")
+    supervisors_online: int | None = Field(None, ge=0, description="Supervisors online now.")
 
 
 class AgentRef(BaseModel):

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core.errors import ValidationError
 from gateway.errors import send_refusal
 
 __all__ = ["HostGuard", "OriginGuard", "allowed_hosts", "allowed_origins", "browser_origins"]
@@ -49,7 +50,10 @@ def allowed_hosts(setting: str | None, bind_host: str) -> tuple[str, ...]:
         names = list(_LOOPBACK_NAMES)
         if bind_host.strip() not in _WILDCARD_BINDS:
             names.append(bind_host)
-    return tuple(dict.fromkeys(_split_host(n)[0] if n != "*" else "*" for n in names))
+    try:
+        return tuple(dict.fromkeys(_split_host(n)[0] if n != "*" else "*" for n in names))
+    except ValueError as exc:
+        raise ValidationError(f"DUET_ALLOWED_HOSTS: {exc}") from None
 
 
 def _normal_origin(origin: str) -> str | None:
@@ -76,7 +80,7 @@ def allowed_origins(setting: str | None) -> frozenset[str]:
         elif item:
             normal = _normal_origin(item)
             if normal is None:
-                raise ValueError(f"DUET_ALLOWED_ORIGINS: {item!r} is not an origin")
+                raise ValidationError(f"DUET_ALLOWED_ORIGINS: {item!r} is not an origin")
             found.add(normal)
     return frozenset(found)
 

@@ -59,6 +59,14 @@ class ProtocolError(DuetError):
         self.code = code
 
 
+SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
+#: The company's signed JWT for a customer (docs/protocol.md §0).
+CustomerToken = Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+#: An anonymous session's resume secret (from its first ``session`` event).
+ResumeToken = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+MessageId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
 class Customer(BaseModel):
     """The old, client-claimed identity: accepted for compatibility, grants nothing."""
 
@@ -76,11 +84,10 @@ class Hello(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["hello"] = Field(description="Message type.")
-    session_id: Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)] | None = Field(
-        None, description="Session to resume; absent: a new one.")
-    customer_token: Annotated[str, StringConstraints(min_length=1, max_length=8192)] | None = (
-        Field(None, description="The company's signed JWT for this customer (groups, sub)."))
-    resume_token: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+    session_id: SessionId | None = Field(None, description="Session to resume; absent: new.")
+    customer_token: CustomerToken | None = Field(
+        None, description="The company's signed JWT for this customer (groups, sub).")
+    resume_token: ResumeToken | None = Field(
         None, description="An anonymous session's resume secret (from its `session` event).")
     customer: Customer | None = Field(
         None, description="Ignored: the old client-claimed identity grants nothing.")
@@ -96,8 +103,7 @@ class SendMessage(BaseModel):
 
     type: Literal["message"] = Field(description="Message type.")
     text: str = Field(description="What the customer said (1..4000 characters).")
-    id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
-        None, description="Client message id, for idempotent re-sends.")
+    id: MessageId | None = Field(None, description="Client message id, for idempotent re-sends.")
 
 
 class Cancel(BaseModel):

@@ -8,6 +8,12 @@ from memory gets none; any other turn is acknowledged as soon as the acknowledgm
 ready. Once the answer has begun, no acknowledgment is sent. The acknowledgment is
 best-effort: if it fails, the answer still comes. A new message or ``cancel`` cancels the
 turn: both agents stop, nothing more is sent but a ``done`` marked ``cancelled``.
+
+Who answers depends on the conversation's state (:mod:`gateway.escalations`): with the bot,
+a turn runs as above (a human-only topic gets an honest word and goes to a person instead);
+while waiting for a person, the bot answers no facts: it keeps the message for the
+supervisor and says where the customer stands (or hands back to the bot when asked); while
+a person holds it, the message is only logged (the supervisor's socket shows it).
 """
 
 from __future__ import annotations
@@ -23,11 +29,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.ack import AckAgent
-from agents.escalation import EscalationFlag, detect_flags
+from agents.escalation import (
+    EscalationFlag,
+    EscalationPolicy,
+    HumanOnlyTopics,
+    detect_flags,
+    wants_the_bot,
+)
 from agents.retrieval import AnswerDelta, AnswerFinal, RetrievalAgent, TurnContext
 from agents.smalltalk import small_talk
 from core.metrics import Metrics
-from gateway.escalations import EscalationQueue
+from gateway import handoff
+from gateway.audit import AuditLog
+from gateway.escalations import ConversationState, EscalationQueue
 from gateway.events import CitationOut, Delta, Done, ErrorEvent, Escalated, Timings, UserMessage
 from gateway.protocol import ErrorCode
 from gateway.sessions import Interrupted, Session
@@ -71,11 +85,16 @@ class TurnRouter:
 
     def __init__(self, ack: AckAgent, retrieval: RetrievalAgent, escalations: EscalationQueue,
                  metrics: Metrics, *, ack_hold_s: float = 0.1,
-                 clock: Any = time.perf_counter) -> None:
+                 clock: Any = time.perf_counter, policy: EscalationPolicy | None = None,
+                 human_only: HumanOnlyTopics | None = None,
+                 audit: AuditLog | None = None) -> None:
         self.ack = ack
         self.retrieval = retrieval
         self.escalations = escalations
         self.metrics = metrics
+        self.policy = policy or EscalationPolicy()
+        self.human_only = human_only
+        self.audit = audit or AuditLog()
         self.ack_hold_s = ack_hold_s
         self.clock = clock
         # The acknowledgment has its own thread: it never queues behind searches and answers
@@ -90,9 +109,54 @@ class TurnRouter:
                          message_id: str | None = None) -> str:
         """Log the customer's message and start its turn as a session task; returns its id."""
         turn = Turn(uuid.uuid4().hex[:16], text, clock=self.clock)
+        if session.record_stale:
+            await session.reload_record()  # a person's words, saved by another process
+        state = self.escalations.state(session.id)
         await session.emit(UserMessage(turn_id=turn.turn_id, text=text, id=message_id))
-        session.start(_TurnRun(self, session, turn).run(), turn=turn)
+        if state is ConversationState.human:
+            # the person holding the conversation answers; the bot's turn is empty
+            turn.finished = True
+            self.metrics.turns.labels("human").inc()
+            await session.emit(Done(turn_id=turn.turn_id, text="", timings_ms=turn.timings()))
+            session.start(self.escalations.note_message(session.id, text))
+        elif state is ConversationState.waiting:
+            session.start(self._waiting(session, turn), turn=turn)
+        elif self.human_only is not None and (topic := self.human_only.match(text)):
+            session.start(self._human_only(session, turn, topic), turn=turn)
+        else:
+            session.start(_TurnRun(self, session, turn).run(), turn=turn)
         return turn.turn_id
+
+    async def say(self, session: Session, turn: Turn, text: str) -> None:
+        """A turn answered by the gateway itself: one ``system`` delta and its ``done``."""
+        turn.parts.append(text)
+        await session.emit(Delta(turn_id=turn.turn_id, source="system", text=text))
+        turn.finished = True
+        await session.emit(Done(turn_id=turn.turn_id, text=text, timings_ms=turn.timings()))
+
+    async def _waiting(self, session: Session, turn: Turn) -> None:
+        """A message while waiting: no facts from the bot; kept for the supervisor."""
+        self.metrics.turns.labels("waiting").inc()
+        if wants_the_bot(turn.text) and await self.escalations.back_to_bot(session.id):
+            session.escalated = False
+            await self.audit.record("customer", "back_to_bot", session.id)
+            await self.say(session, turn, handoff.BACK_TO_BOT)
+            await session.save()
+            return
+        record = await self.escalations.leave_message(session.id, turn.text)
+        if record is None or record.state is not ConversationState.waiting:
+            turn.finished = True  # claimed meanwhile: the person answers
+            await session.emit(Done(turn_id=turn.turn_id, text="", timings_ms=turn.timings()))
+            return
+        online = await self.escalations.online()
+        await self.say(session, turn, handoff.still_waiting(
+            self.escalations.position(session.id), record.notice, len(online)))
+
+    async def _human_only(self, session: Session, turn: Turn, topic: str) -> None:
+        """A topic the bot does not answer: an honest word, then the queue."""
+        self.metrics.turns.labels("human_only").inc()
+        await self.say(session, turn, handoff.human_only(topic))
+        await self.escalate(session, topic, turn_id=turn.turn_id)
 
     async def cancel(self, session: Session) -> bool:
         """Stop the session's turn in progress; every accepted turn still ends in ``done``."""
@@ -110,8 +174,9 @@ class TurnRouter:
         return await self.start_turn(session, pending.text)
 
     async def finish_cancelled(self, session: Session, turn: Turn) -> None:
-        """End a stopped turn with a ``done`` marked ``cancelled`` (once)."""
-        if turn.finished:
+        """End a stopped turn with a ``done`` marked ``cancelled`` (once). Not when the
+        process is shutting down: the turn stays open in the journal and is run again."""
+        if turn.finished or session.shutting_down:
             return
         turn.finished = True
         self.metrics.turns.labels("cancelled").inc()
@@ -121,12 +186,30 @@ class TurnRouter:
 
     async def escalate(self, session: Session, reason: str, *, turn_id: str | None = None,
                        note: str | None = None) -> None:
-        """Put the conversation in the human queue and tell the customer (``note``: the
-        customer's own words, for the supervisor; never part of the history)."""
+        """Put the conversation in the human queue and tell the customer what happens next
+        (``note``: the customer's own words, for the supervisor; never part of the history).
+        A conversation a person already holds stays with them."""
+        before = self.escalations.state(session.id)
+        if before is ConversationState.human:
+            return
+        online = await self.escalations.online()
+        last = next((e.text for e in reversed(session.log) if isinstance(e, UserMessage)), None)
+        record = await self.escalations.enqueue(
+            session.id, reason, note=note, channel=session.channel,
+            customer_id=session.customer_id, last_message=last, offline=not online,
+            actor="customer" if reason == "customer_request" else "bot")
+        if record.state is ConversationState.human:
+            return
         session.escalated = True
-        position = self.escalations.enqueue(session.id, reason, note=note)
-        self.metrics.escalations.labels(reason).inc()
-        await session.emit(Escalated(turn_id=turn_id, reason=reason, queue_position=position))
+        session.record.low_confidence_turns = 0
+        if before is not ConversationState.waiting:
+            self.metrics.escalations.labels(reason).inc()
+            await self.audit.record("customer" if reason == "customer_request" else "bot",
+                                    "escalate", session.id, reason=reason)
+        position = self.escalations.position(session.id) or 1
+        await session.emit(Escalated(
+            turn_id=turn_id, reason=record.reason or reason, queue_position=position,
+            message=handoff.escalated(position, len(online)), supervisors_online=len(online)))
         await session.save()
 
     async def acknowledgment(self, text: str, *, session_key: str,
@@ -171,6 +254,7 @@ class _TurnRun:
                 message="the answer could not be built; please try again"))
             await session.emit(Done(turn_id=turn.turn_id, text="".join(turn.parts),
                                     timings_ms=turn.timings(), decision="fallback"))
+            await router.escalate(session, "answer_failed", turn_id=turn.turn_id)
             return
         assert self.final is not None, "the retrieval agent ended without a final answer"
         await self._finish(self.final)
@@ -256,8 +340,11 @@ class _TurnRun:
             timings_ms=timings, decision=final.decision, prefetch_hit=final.prefetch_hit,
             rewritten_query=final.rewritten_query,
         ))
-        if final.escalate_reason and not session.escalated:
-            await router.escalate(session, final.escalate_reason, turn_id=turn.turn_id)
+        reason, session.record.low_confidence_turns = router.policy.confirm(
+            final.escalate_reason, session.record.low_confidence_turns)
+        if reason and router.escalations.state(session.id) in (ConversationState.bot,
+                                                               ConversationState.closed):
+            await router.escalate(session, reason, turn_id=turn.turn_id)
         else:
             await session.save()
         context = TurnContext(session_id=session.id, text=turn.text,

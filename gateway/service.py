@@ -20,15 +20,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from types import TracebackType
 
 from core.metrics import Metrics
+from gateway import handoff
 from gateway.auth import Identity
-from gateway.escalations import EscalationQueue
+from gateway.escalations import Change, ConversationState, EscalationQueue
 from gateway.events import ErrorEvent, ServerEvent, SessionOpened
 from gateway.protocol import ErrorCode, ProtocolError, check_text
-from gateway.router import TurnRouter
+from gateway.router import Turn, TurnRouter
 from gateway.sessions import Session, Sessions
 
 __all__ = ["ChatService", "Conversation", "EventStream"]
@@ -47,6 +49,33 @@ class ChatService:
         self.router = router
         self.escalations = escalations
         self.metrics = metrics
+        escalations.on_change(self._conversation_changed)
+
+    def _conversation_changed(self, change: Change) -> None:
+        """Keep a session held here in step with its conversation's state (changed here or
+        by another gateway process)."""
+        session = self.sessions.held(change.record.session_id)
+        if session is None:
+            return
+        state = change.record.state
+        session.escalated = state in (ConversationState.waiting, ConversationState.human)
+        if change.before is ConversationState.human and state is not ConversationState.human:
+            session.record_stale = True  # the person's words were saved into its history
+
+    async def tell_timed_out(self, timeout_s: float) -> int:
+        """Tell every customer whose wait passed ``timeout_s`` (once; any process may do
+        it, one does); returns how many were told."""
+        told = 0
+        for record in await self.escalations.timed_out(timeout_s):
+            session = await self.sessions.get(record.session_id)
+            if session is None:
+                continue
+            turn = Turn(uuid.uuid4().hex[:16], "", clock=self.router.clock)
+            await self.router.say(session, turn, handoff.timed_out(round(timeout_s / 60, 1)))
+            await self.router.audit.record("system", "timeout", session.id,
+                                           waited_s=round(timeout_s, 1))
+            told += 1
+        return told
 
     async def open(self, identity: Identity, *, channel: str, session_id: str | None = None,
                    resume_token: str | None = None) -> Conversation:
@@ -124,6 +153,14 @@ class Conversation:
     async def handoff(self, reason: str | None = None) -> None:
         """The customer asks for a person (the reason goes to the queue, not the history)."""
         await self._service.router.escalate(self.session, "customer_request", note=reason)
+
+    async def settled(self, turn_id: str, *, timeout_s: float = 5.0) -> None:
+        """Wait until the turn ``turn_id`` has finished everything it emits (its ``done`` and
+        an escalation that follows it); returns at once if another turn is current."""
+        session = self.session
+        task, turn = session.turn_task, session.turn
+        if task is not None and turn is not None and getattr(turn, "turn_id", None) == turn_id:
+            await asyncio.wait({task}, timeout=timeout_s)
 
     def events(self, *, resume_from: int | None = None, maxsize: int = 256) -> EventStream:
         """The session's events for this connection: ``SessionOpened`` first, then the

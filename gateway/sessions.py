@@ -34,7 +34,14 @@ from agents.retrieval import PrefetchCache
 from core.errors import DependencyError
 from core.metrics import Metrics
 from gateway.events import Delta, Done, ServerEvent, UserMessage, parse_event
-from gateway.store import HEARTBEAT_TTL_S, JournalConflict, Logged, SessionJournal, SessionRecord
+from gateway.store import (
+    HEARTBEAT_TTL_S,
+    INSTANCE_HEADER,
+    JournalConflict,
+    Logged,
+    SessionJournal,
+    SessionRecord,
+)
 
 __all__ = ["Interrupted", "Session", "Sessions", "TokenBucket"]
 
@@ -102,6 +109,8 @@ class Session:
         self.turn: Any = None
         #: A turn found unfinished when the session was loaded from the journal.
         self.interrupted: Interrupted | None = None
+        #: The process is stopping: a cancelled turn is not closed (another process re-runs it).
+        self.shutting_down = False
         self._journal = journal
         self._stream_seq = 0
         self._seen_ids: OrderedDict[str, None] = OrderedDict()
@@ -109,6 +118,9 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self._spawn = spawn
         self._emit_lock = asyncio.Lock()
+        #: Set when another process changed the record (a supervisor's words added to the
+        #: history on release): reloaded before the next turn.
+        self.record_stale = False
 
     # --- what the session is -------------------------------------------------------------
 
@@ -166,6 +178,19 @@ class Session:
             log.exception("session record not saved", extra={"session_id": self.id})
             if self._metrics is not None:
                 self._metrics.journal_failures.inc()
+
+    async def reload_record(self) -> None:
+        """Take the journal's record (history, state) over this process's copy."""
+        self.record_stale = False
+        if self._journal is None:
+            return
+        try:
+            record = await self._journal.load_record(self.id)
+        except DependencyError:
+            log.exception("session record not reloaded", extra={"session_id": self.id})
+            return
+        if record is not None:
+            self.record = record
 
     # --- events --------------------------------------------------------------------------
 
@@ -318,8 +343,10 @@ class Session:
             await asyncio.shield(_settled(task))
         return True
 
-    def close(self) -> None:
-        """Cancel every task of the session."""
+    def close(self, *, shutdown: bool = False) -> None:
+        """Cancel every task of the session. On ``shutdown`` a turn in progress is left
+        unfinished in the journal, so the next process to load the session runs it again."""
+        self.shutting_down = shutdown
         for task in list(self._tasks):
             task.cancel()
 
@@ -391,7 +418,7 @@ class Sessions:
 
     async def __aexit__(self, *exc: object) -> None:
         for session in list(self._sessions.values()):
-            session.close()
+            session.close(shutdown=self._journal is not None)
         self._sessions.clear()
         for sub in list(self._fanout.values()):
             with contextlib.suppress(Exception):
@@ -505,6 +532,8 @@ class Sessions:
             return
 
         async def on_message(msg: Any) -> None:
+            if msg.headers and msg.headers.get(INSTANCE_HEADER) == self.instance:
+                return  # our own append, already delivered here
             try:
                 item = parse_event(msg.data)
             except ValueError:

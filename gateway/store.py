@@ -46,7 +46,7 @@ from pydantic import BaseModel, Field
 from core.errors import ConflictError, DependencyError
 from gateway.events import ServerEvent, parse_event
 
-__all__ = ["HEARTBEAT_TTL_S", "JournalConflict", "Logged", "SessionJournal", "SessionRecord"]
+__all__ = ["HEARTBEAT_TTL_S", "INSTANCE_HEADER", "JournalConflict", "Logged", "SessionJournal", "SessionRecord"]
 
 #: A gateway process that has not refreshed its heartbeat for this long is gone.
 HEARTBEAT_TTL_S = 10.0
@@ -55,7 +55,8 @@ log = logging.getLogger("duet.gateway")
 
 _WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-last check
 _HEADER = "Nats-Expected-Last-Subject-Sequence"
-_INSTANCE = "Duet-Instance"
+#: The header naming the gateway process that appended an event.
+INSTANCE_HEADER = "Duet-Instance"
 
 
 class JournalConflict(ConflictError):
@@ -83,7 +84,9 @@ class SessionRecord(BaseModel):
         None, description="Anonymous sessions: hash of the secret that resumes them.")
     history: list[tuple[str, str]] = Field(
         default_factory=list, description="Earlier turns (role, text), oldest first.")
-    escalated: bool = Field(False, description="Waiting for, or with, a person.")
+    escalated: bool = Field(False, description="Waiting for, or with, a person (the state "
+                                               "itself: DUET_CONVERSATIONS).")
+    low_confidence_turns: int = Field(0, ge=0, description="Low-confidence turns in a row.")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
@@ -167,7 +170,7 @@ class SessionJournal:
         try:
             ack = await self._js.publish(
                 self.subject(event.session_id), payload, timeout=self._timeout_s,
-                stream=self._stream, headers={_HEADER: str(expected_last), _INSTANCE: instance})
+                stream=self._stream, headers={_HEADER: str(expected_last), INSTANCE_HEADER: instance})
         except APIError as exc:
             if exc.err_code == _WRONG_LAST_SEQUENCE:
                 raise JournalConflict("another process wrote to this session") from exc
@@ -210,7 +213,7 @@ class SessionJournal:
                 for msg in msgs:
                     seq = msg.metadata.sequence.stream
                     try:
-                        instance = (msg.headers or {}).get(_INSTANCE)
+                        instance = (msg.headers or {}).get(INSTANCE_HEADER)
                         out.append(Logged(seq, parse_event(msg.data), instance))
                     except ValueError:
                         log.error("unreadable session event skipped",

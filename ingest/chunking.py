@@ -1,5 +1,9 @@
 """Markdown-aware chunking: one chunk per section, long sections split at paragraphs.
 
+A Markdown table becomes one line per row, each carrying its header
+(``- Plan: Team; Monthly price: $8; Storage: 100 GB.``): a row can be found, quoted and
+cited on its own, and a long table split between chunks keeps its meaning.
+
 A chunk's id is derived from its document and its own text, so an UPDATE that leaves a
 section unchanged keeps that chunk's id: only the changed sections are re-embedded, and
 the ids that disappear are the stale chunks to delete.
@@ -11,11 +15,51 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-__all__ = ["Chunk", "chunk_markdown"]
+__all__ = ["Chunk", "chunk_markdown", "tables_as_rows"]
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{1,}:?\s*(?:\|\s*:?-{1,}:?\s*)+\|?\s*$")
+_EMPHASIS = re.compile(r"\*\*|__|`")
+
+
+def _cells(line: str) -> list[str]:
+    line = line.strip()
+    if line.startswith("|"):
+        line = line[1:]
+    if line.endswith("|"):
+        line = line[:-1]
+    return [_EMPHASIS.sub("", c).strip() for c in line.split("|")]
+
+
+def _row(header: list[str], cells: list[str]) -> str:
+    parts = [f"{h}: {c}" if h else c for h, c in zip(header, cells, strict=False) if c]
+    text = "; ".join(parts)
+    return f"- {text}" + ("" if text.endswith((".", "!", "?")) else ".")
+
+
+def tables_as_rows(text: str) -> str:
+    """Every Markdown table of ``text`` as one line per row, each with its header."""
+    lines = text.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        if (i + 1 < len(lines) and "|" in lines[i] and _TABLE_RULE.match(lines[i + 1])):
+            header = _cells(lines[i])
+            i += 2
+            rows = []
+            while i < len(lines) and "|" in lines[i] and lines[i].strip():
+                rows.append(_row(header, _cells(lines[i])))
+                i += 1
+            if out and out[-1].strip():
+                out.append("")
+            out.extend(rows)
+            out.append("")
+            continue
+        out.append(lines[i])
+        i += 1
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +86,7 @@ def _sections(markdown: str) -> list[tuple[list[str], str]]:
     in_fence = False
 
     def flush() -> None:
-        text = "\n".join(body).strip()
+        text = tables_as_rows("\n".join(body)).strip()
         if text:
             out.append(([h for _, h in path], text))
         body.clear()

@@ -15,8 +15,11 @@ from agents.retrieval.generators import ExtractiveGenerator, Generator
 from agents.retrieval.graph import build_graph
 from agents.retrieval.hybrid import FusionWeights, KeywordIndex
 from agents.retrieval.journeys import Journeys
+from agents.retrieval.names import NameCheck
 from agents.retrieval.prefetch import CoRetrieval, PrefetchNode
+from agents.retrieval.rerank import PassageReranker
 from agents.retrieval.retrieve import RetrieveNode
+from agents.retrieval.titles import TitleBlend
 from agents.retrieval.turn import AnswerDelta, AnswerFinal, TurnContext
 from core.metrics import Metrics
 from ingest.kb import KnowledgeBase
@@ -31,7 +34,7 @@ class RetrievalAgent:
                  journeys: Journeys | None = None, policy: EscalationPolicy | None = None,
                  decision: DecisionPolicy | None = None, context: ContextPolicy | None = None,
                  fusion: FusionWeights | None = None, metrics: Metrics | None = None,
-                 search_k: int = 16) -> None:
+                 search_k: int = 16, rerank: PassageReranker | bool = True) -> None:
         self.kb = kb
         self.keyword = KeywordIndex(kb)
         self.extractive = ExtractiveGenerator(kb.embedder)
@@ -40,6 +43,10 @@ class RetrievalAgent:
         elif isinstance(generator, ExtractiveGenerator):
             generator = generator.bind(kb.embedder)
         self.generator = generator
+        if rerank is True:
+            rerank = PassageReranker(self.extractive, titles=TitleBlend(kb.embedder),
+                                     document_share=self.keyword.document_share)
+        self.reranker = rerank or None
         self.journeys = journeys if journeys is not None else Journeys()
         self.co_retrieval = CoRetrieval()
         terms = lambda: self.keyword.title_terms  # noqa: E731 - read the latest snapshot
@@ -47,16 +54,22 @@ class RetrievalAgent:
         self.graph = build_graph(
             contextualize=ContextualizeNode(
                 Contextualizer(kb, terms, context or ContextPolicy(), search_k=search_k)),
-            retrieve=RetrieveNode(kb, self.keyword, k=search_k, weights=fusion, metrics=metrics),
+            retrieve=RetrieveNode(kb, self.keyword, k=search_k, weights=fusion, metrics=metrics,
+                                  passages=self.reranker),
             decide=DecideNode(kb.embedder, terms, policy=decision or DecisionPolicy(),
-                              escalation=policy),
+                              escalation=policy,
+                              names=NameCheck(self.keyword.knows, self.keyword.document_share,
+                                              self.keyword.document_has)),
             generate=GenerateNode(generator, self.extractive, self.co_retrieval),
             prefetch=self.prefetcher,
         )
 
     async def warm_up(self) -> None:
-        """Build the keyword index now (start-up; later rebuilds run in the background)."""
+        """Build the keyword index and load a local model now (start-up), not on a turn."""
         await asyncio.to_thread(self.keyword.rebuild)
+        warm = getattr(self.generator, "warm_up", None)
+        if warm is not None:
+            await warm()
 
     async def stream(self, turn: TurnContext) -> AsyncIterator[AnswerDelta | AnswerFinal]:
         """The answer's pieces in order, then exactly one :class:`AnswerFinal`.

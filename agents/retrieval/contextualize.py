@@ -7,7 +7,9 @@ is rewritten into a self-contained query with the topic it refers to; a new topi
 0. Small talk ("thanks!", "ok bye"): neither; the agent answers it without searching.
 1. No earlier topic (session memory, else the last user turns of the history): fresh.
 2. The last turn asked the customer to choose, and this one is short: a reply to it.
-3. A pivot marker ("also", "by the way", "another question") with its own product noun: fresh.
+3. A pivot marker ("also", "by the way", "another question") with its own product noun, or
+   a whole question with its own product noun and no pronoun, however it starts
+   ("And how do I turn on two-factor?"): fresh.
 4. An elliptical start ("and …", "what about …", "for opened ones?"): follow-up.
 5. Anaphora ("it", "that", "those", "this one") and no product noun of its own, or a bare
    product noun phrase ("the hub"): follow-up.
@@ -164,6 +166,10 @@ class Contextualizer:
         if _PIVOT.match(text) and own_entity:
             return Rewrite(text, "pivot")
         anaphora = self._anaphora(words, terms)
+        if own_entity and not anaphora and _names_own_topic(text, terms):
+            # "And how do I turn on two-factor?": a whole question about a thing of its
+            # own is a new topic, whatever conjunction it starts with.
+            return Rewrite(text, "pivot")
         if (_ELLIPTICAL.match(text) or (anaphora and not own_entity)
                 or _bare_phrase(words, terms)):
             return self._complete(text, topic, terms)
@@ -239,6 +245,27 @@ class Contextualizer:
 _IMPERSONAL = frozenset({"too", "possible", "ok", "okay", "safe", "normal", "true", "necessary",
                          "worth", "better", "easier", "allowed", "free", "required", "mandatory",
                          "common", "late", "early", "hard", "easy", "expensive", "cheaper"})
+
+
+_CONNECTIVE = re.compile(
+    r"^\s*(?:(?:oh|ok(?:ay)?|and|also|plus|so|but|or|then|now|btw|by the way|one more thing)"
+    r"\b[\s,:;-]*)+", re.I)
+_QUESTION_START = frozenset({
+    "how", "what", "why", "when", "where", "which", "who", "whom", "is", "are", "do", "does",
+    "did", "can", "could", "will", "would", "should", "may", "i", "my", "we", "our", "please",
+})
+
+
+def _names_own_topic(text: str, terms: frozenset[str]) -> bool:
+    """A whole question (after any leading "and"/"also") that names a product noun itself.
+
+    Not a bare phrase ("and the hub?") and not an elliptical fragment ("and for opened
+    ones?"): at least four words, opening like a question or a statement of one's own.
+    """
+    rest = _tokens(_CONNECTIVE.sub("", text, count=1))
+    if len(rest) < 4 or rest[0] not in _QUESTION_START:
+        return False
+    return any(stem(w) in terms and not w.endswith("ing") for w in rest)
 
 
 def _shares_topic_word(text: str, topic: SessionTopic) -> bool:

@@ -13,6 +13,9 @@ of the time, 0.6–0.8: 65 %; falling back below 0.25 caught 16 of the 18 out-of
 questions and 6 of the 218 in-domain ones (3 of those had the right document first, and
 a fallback quotes it as partial information when it is at all relevant).
 
+A question that names something no document mentions ("Bitcoin"), or a rare name the
+top document lacks when no close runner-up has it, falls back (:mod:`.names`).
+
 Asking back ("clarify") needs three things at once: a vague query (at most six words, no
 product noun of its own, and either at most three words or leaning on "it", "that",
 "something"), two documents whose relevances are close, and documents about different
@@ -33,6 +36,7 @@ from langgraph.runtime import Runtime
 
 from agents.escalation import EscalationFlag, EscalationPolicy, detect_flags
 from agents.retrieval.hybrid import DocScore
+from agents.retrieval.names import NameCheck
 from agents.text import stem
 from ingest.embeddings import Embedder
 
@@ -104,10 +108,20 @@ def _vague(query: str, terms: frozenset[str], max_words: int) -> bool:
 
 
 def decide(ranked: Sequence[DocScore], query: str, *, policy: DecisionPolicy,
-           terms: frozenset[str], embedder: Embedder, may_clarify: bool = True) -> Verdict:
+           terms: frozenset[str], embedder: Embedder, may_clarify: bool = True,
+           names: NameCheck | None = None) -> Verdict:
     """Answer, clarify or fall back (blocking: may embed two titles, cached)."""
     if not ranked:
         return Verdict("fallback", 0.0, (), (EscalationFlag.not_found,))
+    if names is not None and names.unknown(query):
+        # The question names something no document mentions: the KB cannot answer it.
+        return Verdict("fallback", 0.0, (), (EscalationFlag.not_found,))
+    if names is not None and names.absent_from(query, ranked[0].doc_id):
+        # A document that does mention it may sit right below the top one.
+        having = [d for d in ranked[1:3] if not names.absent_from(query, d.doc_id)]
+        if not having:
+            return Verdict("fallback", 0.0, (ranked[0],), (EscalationFlag.low_confidence,))
+        ranked = [having[0], *[d for d in ranked if d is not having[0]]]
     top = ranked[0]
     runner_up = max((d.relevance for d in ranked[1:]), default=0.0)
     raw = policy.confidence(top.relevance, top.relevance - runner_up)
@@ -140,9 +154,11 @@ class DecideNode:
 
     def __init__(self, embedder: Embedder, terms: Callable[[], frozenset[str]], *,
                  policy: DecisionPolicy = DecisionPolicy(),
-                 escalation: EscalationPolicy | None = None) -> None:
+                 escalation: EscalationPolicy | None = None,
+                 names: NameCheck | None = None) -> None:
         self._embedder = embedder
         self._terms = terms
+        self._names = names
         self.policy = policy
         self.escalation = escalation or EscalationPolicy()
 
@@ -153,7 +169,8 @@ class DecideNode:
             return {"verdict": Verdict("answer", 1.0, (), ()), "escalate_reason": None}
         verdict = await asyncio.to_thread(
             decide, state["ranked"], rewrite.query, policy=self.policy, terms=self._terms(),
-            embedder=self._embedder, may_clarify=rewrite.kind != "clarify_reply")
+            embedder=self._embedder, may_clarify=rewrite.kind != "clarify_reply",
+            names=self._names)
         flags = tuple(dict.fromkeys((*(turn.flags or detect_flags(turn.text)), *verdict.flags)))
         reason = self.escalation.decide(flags, verdict.confidence, verdict.decision)
         return {"verdict": verdict, "escalate_reason": reason}

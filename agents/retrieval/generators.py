@@ -9,8 +9,12 @@ sections that best match the question, in their original order. A sentence score
 embedding similarity to the question (all candidate sentences embedded in one batch and
 cached per chunk), plus keyword overlap, plus how well its whole section scored, a
 bonus for the top document and, for a "how do I" question, a bonus for steps ("Press
-and hold …") — such a question always gets the first step of the best section; it reads at most three sections (two per document) so the
-first piece of an answer is not held up by embedding a whole article. An OpenAI-compatible model (:mod:`agents.retrieval.llm`) is used instead when
+and hold …") — such a question always gets the first step of the best section; a "how
+long" question favours a sentence with a duration, a price question one with a price,
+a "how many" question one with a number (a table row carries its header, so "Plan: Team; Price: $8." is quotable).
+A yes/no question gets "Yes, …" or "No, …" from the passage (:mod:`.yesno`), or an honest
+"no clear answer". It reads at most three sections (two per document) so the first piece
+of an answer is not held up by embedding a whole article. An OpenAI-compatible model (:mod:`agents.retrieval.llm`) is used instead when
 ``DUET_LLM_BASE_URL`` is set.
 """
 
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from agents.retrieval.yesno import is_yes_no, polarity, with_polarity
 from agents.text import content_words, keyword_tokens, split_sentences
 from ingest.embeddings import Embedder
 from ingest.kb import Hit
@@ -48,6 +53,37 @@ _INSTRUCTION_VERBS = frozenset({
     "place", "mount", "peel", "cut", "download", "enable", "disable", "flip", "insert",
     "attach", "clean", "replace", "scan", "type", "find", "send", "start", "stop",
 })
+
+
+_DURATION = re.compile(
+    r"\b\d+(?:[.,]\d+)?(?:\s*(?:to|-|–|or)\s*\d+(?:[.,]\d+)?)?[\s-]*(?:business\s+)?"
+    r"(?:seconds?|minutes?|hours?|days?|weeks?|months?|years?)\b|\b(?:a|one|two|three|few) "
+    r"(?:seconds?|minutes?|hours?|days?|weeks?|months?|years?)\b|\bimmediately\b|"
+    r"\binstantly\b", re.I)
+_PRICE = re.compile(r"[$€£¥]\s?\d|\d\s?(?:usd|eur|gbp|dollars?|euros?)\b|\bfree\b", re.I)
+_NUMBER = re.compile(r"\b\d[\d,.]*\b")
+_ASKS_DURATION = re.compile(r"\bhow (?:long|soon|quickly|fast)\b|\bwhen will\b", re.I)
+_ASKS_PRICE = re.compile(
+    r"\bhow much (?:is|are|does|do|will|would)\b|\b(?:price|prices|pricing|cost|costs|fee|fees|"
+    r"charge|charged)\b", re.I)
+_ASKS_NUMBER = re.compile(r"\bhow (?:much|many)\b|\b(?:limit|quota|maximum|minimum)\b", re.I)
+
+
+def _expected_answer(question: str) -> re.Pattern[str] | None:
+    """What kind of sentence answers the question: a duration, a price, a number, or any."""
+    if _ASKS_DURATION.search(question):
+        return _DURATION
+    if _ASKS_PRICE.search(question):
+        return _PRICE
+    if _ASKS_NUMBER.search(question):
+        return _NUMBER
+    return None
+
+
+def _last_question(question: str) -> str:
+    """A rewritten follow-up ends with the customer's own question: that one decides."""
+    parts = [p for p in re.split(r"(?<=[?!.])\s+", question.strip()) if p.strip()]
+    return parts[-1] if parts else question
 
 
 def _instruction(sentence: str) -> bool:
@@ -78,6 +114,8 @@ class Sentence:
     #: (rank of its document, position of its chunk, index in the chunk): reading order.
     order: tuple[int, int, int]
     score: float
+    #: The heading path of its section.
+    heading: str = ""
 
 
 class ExtractiveGenerator:
@@ -89,6 +127,7 @@ class ExtractiveGenerator:
                  max_sentences: int = 4,
                  keyword_weight: float = 0.25, section_weight: float = 0.15,
                  top_doc_bonus: float = 0.05, instruction_bonus: float = 0.1,
+                 answer_type_bonus: float = 0.1,
                  window: float = 0.15, max_chunks: int = 3,
                  max_chunks_per_doc: int = 2, cache_size: int = 4096) -> None:
         self._embedder = embedder
@@ -98,6 +137,7 @@ class ExtractiveGenerator:
         self.section_weight = section_weight
         self.top_doc_bonus = top_doc_bonus
         self.instruction_bonus = instruction_bonus
+        self.answer_type_bonus = answer_type_bonus
         self.window = window
         self.max_chunks = max_chunks
         self.max_chunks_per_doc = max_chunks_per_doc
@@ -107,10 +147,33 @@ class ExtractiveGenerator:
 
     async def stream(self, question: str, hits: Sequence[Hit], *,
                      as_of: datetime | None = None) -> AsyncIterator[str]:
-        """One piece per sentence (all are chosen first: scoring needs every candidate)."""
+        """One piece per sentence (all are chosen first: scoring needs every candidate).
+
+        A yes/no question is answered "Yes, …" / "No, …" from the best sentence that says
+        so (it goes first), or says honestly that the articles give no clear yes or no.
+        """
         picked = await asyncio.to_thread(self.select, question, hits)
-        for i, sentence in enumerate(picked):
-            yield sentence.text if i == 0 else f" {sentence.text}"
+        texts = [s.text for s in picked]
+        if picked and is_yes_no(_last_question(question)):
+            sections = {h.chunk_id: h.text for h in hits}
+            texts = self._yes_no(_last_question(question), picked, sections)
+        for i, text in enumerate(texts):
+            yield text if i == 0 else f" {text}"
+
+    @staticmethod
+    def _yes_no(question: str, picked: list[Sentence], sections: dict[str, str]) -> list[str]:
+        """The sentences with the polarity-bearing one first, led by "Yes"/"No".
+
+        A "no" among the three best sentences wins over a "yes": a negation that governs
+        the question's own words is the stronger evidence.
+        """
+        ranked = sorted(picked, key=lambda s: s.score, reverse=True)[:3]
+        said = [(s, polarity(question, s.text, heading=s.heading,
+                             context=sections.get(s.chunk_id, ""))) for s in ranked]
+        lead, answer = next(((s, a) for s, a in said if a == "no"),
+                            next(((s, a) for s, a in said if a == "yes"), (ranked[0], None)))
+        rest = [s.text for s in picked if s is not lead]
+        return [with_polarity(answer, lead.text), *rest[:2]]
 
     def select(self, question: str, hits: Sequence[Hit], *,
                limit: int | None = None) -> list[Sentence]:
@@ -124,6 +187,7 @@ class ExtractiveGenerator:
         # A rewritten follow-up ends with the customer's own question: that one decides.
         last = [part for part in re.split(r"[?!.]\s+", question.strip()) if part.strip()]
         procedural = bool(_HOW.search(last[-1] if last else question))
+        expects = _expected_answer(last[-1] if last else question)
         top_score = max((h.score for h in chosen_hits), default=0.0) or 1.0
         doc_rank: dict[str, int] = {}
         candidates: list[Sentence] = []
@@ -132,15 +196,17 @@ class ExtractiveGenerator:
             # How well the whole section fits (its heading included) and the document's rank.
             prior = self.section_weight * max(hit.score, 0.0) / top_score + (
                 self.top_doc_bonus if rank == 0 else 0.0)
-            sentences, vectors = self._sentences(hit)
+            sentences, vectors = self.sentences(hit)
             sims = vectors @ query if len(sentences) else np.zeros(0)
             for i, text in enumerate(sentences):
                 overlap = (len(terms & set(keyword_tokens(text))) / len(terms)) if terms else 0.0
                 score = float(sims[i]) + self.keyword_weight * overlap + prior
                 if procedural and _instruction(text):
                     score += self.instruction_bonus
+                if expects is not None and expects.search(text):
+                    score += self.answer_type_bonus
                 candidates.append(Sentence(text, hit.doc_id, hit.chunk_id,
-                                           (rank, hit.position, i), score))
+                                           (rank, hit.position, i), score, hit.heading))
         if not candidates:
             return []
         best = max(candidates, key=lambda s: s.score)
@@ -174,6 +240,7 @@ class ExtractiveGenerator:
             embedder, min_sentences=self.min_sentences, max_sentences=self.max_sentences,
             keyword_weight=self.keyword_weight, section_weight=self.section_weight,
             top_doc_bonus=self.top_doc_bonus, instruction_bonus=self.instruction_bonus,
+            answer_type_bonus=self.answer_type_bonus,
             window=self.window, max_chunks=self.max_chunks,
             max_chunks_per_doc=self.max_chunks_per_doc, cache_size=self._cache_size)
 
@@ -186,7 +253,7 @@ class ExtractiveGenerator:
     def warm(self, hits: Sequence[Hit]) -> None:
         """Embed the sentences of these chunks ahead of time (prefetch; blocking)."""
         for hit in hits:
-            self._sentences(hit)
+            self.sentences(hit)
 
     def _chunks(self, hits: Sequence[Hit]) -> list[Hit]:
         per_doc: dict[str, int] = {}
@@ -199,8 +266,12 @@ class ExtractiveGenerator:
                 out.append(hit)
         return out
 
-    def _sentences(self, hit: Hit) -> tuple[list[str], np.ndarray]:
-        """A chunk's sentences and their vectors, cached by chunk id (ids hash the text)."""
+    def sentences(self, hit: Hit) -> tuple[list[str], np.ndarray]:
+        """A chunk's sentences and their vectors, cached by chunk id (ids hash the text).
+
+        Blocking: embeds the chunk's sentences on a cache miss. The passage re-ranker
+        reads the same cache, so what it embedded the answer does not embed again.
+        """
         with self._lock:
             cached = self._cache.get(hit.chunk_id)
             if cached is not None:
@@ -226,14 +297,30 @@ class ExtractiveGenerator:
 
 
 def build_generator(settings: Settings, embedder: Embedder | None = None) -> Generator:
-    """The answer generator the settings ask for: an LLM endpoint if configured, else extractive.
+    """The answer generator the settings ask for.
+
+    ``DUET_LLM_BASE_URL`` set: that OpenAI-compatible endpoint; else ``DUET_GENERATOR=local``:
+    the local model (:mod:`.local_llm`); else extractive. A model's answer goes through
+    the grounding check (:mod:`.grounding`) unless ``DUET_GROUNDING_CHECK=false``.
 
     Without ``embedder`` the extractive generator adopts the knowledge base's when it is
     given to a :class:`~agents.retrieval.agent.RetrievalAgent`. The agent always keeps an
-    extractive generator of its own as the fallback of an LLM that is slow or fails.
+    extractive generator of its own as the fallback of a model that is slow, busy,
+    ungrounded or failing. A local model loads in ``RetrievalAgent.warm_up``.
     """
+    generator: Generator
     if settings.llm_base_url:
         from agents.retrieval.llm import OpenAIChatGenerator
 
-        return OpenAIChatGenerator.from_settings(settings)
-    return ExtractiveGenerator(embedder)
+        generator = OpenAIChatGenerator.from_settings(settings)
+    elif settings.generator == "local":
+        from agents.retrieval.local_llm import LocalLLMGenerator
+
+        generator = LocalLLMGenerator.from_settings(settings)
+    else:
+        return ExtractiveGenerator(embedder)
+    if settings.grounding_check:
+        from agents.retrieval.grounding import GroundedGenerator
+
+        generator = GroundedGenerator(generator)
+    return generator

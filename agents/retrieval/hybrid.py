@@ -83,6 +83,8 @@ class _Corpus:
     vocabulary: frozenset[str]
     title_terms: frozenset[str]
     as_of: datetime | None
+    #: document id → the stems of all its chunks
+    doc_terms: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,24 @@ class KeywordIndex:
         """Whether a snapshot exists."""
         return self._corpus is not None
 
+    def knows(self, stem_: str) -> bool:
+        """Whether any chunk of the knowledge base has this stem (True before the first build)."""
+        corpus = self._corpus
+        return corpus is None or stem_ in corpus.vocabulary
+
+    def document_share(self, stem_: str) -> float:
+        """The share of documents that contain this stem (0 before the first build)."""
+        corpus = self._corpus
+        if corpus is None or not corpus.doc_terms:
+            return 0.0
+        return sum(stem_ in t for t in corpus.doc_terms.values()) / len(corpus.doc_terms)
+
+    def document_has(self, doc_id: str, stem_: str) -> bool:
+        """Whether the document contains this stem (True when the document is unknown)."""
+        corpus = self._corpus
+        terms = corpus.doc_terms.get(doc_id) if corpus is not None else None
+        return terms is None or stem_ in terms
+
     @property
     def title_terms(self) -> frozenset[str]:
         """Stemmed words of document titles that name things (the KB's "product nouns")."""
@@ -236,6 +256,9 @@ class KeywordIndex:
         acl = [seen[cid][1] for cid in ids]
         tokens = [seen[cid][2] for cid in ids]
         titles = {seen[cid][3] for cid in ids}
+        by_doc: dict[str, set[str]] = {}
+        for cid, toks in zip(ids, tokens, strict=True):
+            by_doc.setdefault(cid.rsplit(":", 1)[0], set()).update(toks)
         bm25 = None
         if ids:
             bm25 = bm25s.BM25()
@@ -245,6 +268,7 @@ class KeywordIndex:
             position={cid: i for i, cid in enumerate(ids)},
             vocabulary=frozenset(w for ts in tokens for w in ts),
             title_terms=title_terms(titles), as_of=as_of,
+            doc_terms={d: frozenset(t) for d, t in by_doc.items()},
         )
         self._last_took_s = time.perf_counter() - started
         log.info("keyword index rebuilt", extra={

@@ -18,6 +18,7 @@ from agents.retrieval.hybrid import (
     rank_documents,
     rescore,
 )
+from agents.retrieval.rerank import PassageReranker
 from agents.retrieval.state import RetrievalState
 from agents.retrieval.titles import TitleBlend, hits_in_document_order
 from agents.retrieval.turn import TurnContext
@@ -31,13 +32,15 @@ class RetrieveNode:
     """Graph node: ranked documents for the rewritten query (cache hit or search)."""
 
     def __init__(self, kb: KnowledgeBase, keyword: KeywordIndex, *, k: int = 16,
-                 weights: FusionWeights | None = None, metrics: Metrics | None = None) -> None:
+                 weights: FusionWeights | None = None, metrics: Metrics | None = None,
+                 passages: PassageReranker | None = None) -> None:
         self._kb = kb
         self._keyword = keyword
         self._k = k
         self._weights = weights or FusionWeights()
         self._metrics = metrics
         self._titles = TitleBlend(kb.embedder)
+        self._passages = passages
 
     async def __call__(self, state: RetrievalState, runtime: Runtime[TurnContext]) -> dict:
         turn = runtime.context
@@ -52,11 +55,16 @@ class RetrieveNode:
             now = time.time()
             scored = fuse([rescore(self._kb, hit, sim, now=now) for hit, sim in cached], None)
             # every cached chunk's document is unchanged since it was loaded: current as of now
-            return self._result(vector, scored, self._kb.as_of, prefetch_hit=True)
+            return await asyncio.to_thread(self._result, rewrite.query, vector, scored,
+                                           self._kb.as_of, prefetch_hit=True)
         if turn.on_search is not None:
             turn.on_search()
-        result, scored = await asyncio.to_thread(self._search, rewrite, vector, turn.groups)
-        return self._result(vector, scored, result.as_of, prefetch_hit=False)
+
+        def search_and_rank() -> dict:
+            result, scored = self._search(rewrite, vector, turn.groups)
+            return self._result(rewrite.query, vector, scored, result.as_of, prefetch_hit=False)
+
+        return await asyncio.to_thread(search_and_rank)
 
     def _search(self, rewrite: Rewrite, vector: np.ndarray,
                 groups: tuple[str, ...]) -> tuple[SearchResult, list[ScoredHit]]:
@@ -74,9 +82,12 @@ class RetrieveNode:
                                        n=self._weights.extra_candidates)
         return result, fuse(hits, keyword, self._weights)
 
-    def _result(self, vector: np.ndarray, scored: list[ScoredHit], as_of: object, *,
-                prefetch_hit: bool) -> dict:
+    def _result(self, query: str, vector: np.ndarray, scored: list[ScoredHit], as_of: object,
+                *, prefetch_hit: bool) -> dict:
+        """Documents ranked: chunks grouped, titles blended, passages re-scored (blocking)."""
         ranked = self._titles.rerank(rank_documents(scored), vector)
+        if self._passages is not None:
+            ranked = self._passages.rerank(query, vector, ranked)
         return {"vector": vector, "ranked": ranked,
                 "hits": hits_in_document_order(scored, ranked)[:8], "as_of": as_of,
                 "prefetch_hit": prefetch_hit}

@@ -385,6 +385,15 @@ async def test_http_json_returns_the_done_event(gw: Gateway) -> None:
         assert stranger.json()["error"]["code"] == "unauthorized"
 
 
+async def test_http_json_carries_the_escalation_that_follows_the_turn(gw: Gateway) -> None:
+    async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as client:
+        res = await client.post("/v1/chat", json={"text": "I want to talk to a human right now"})
+    body = res.json()
+    assert res.status_code == 200 and body["type"] == "done"
+    assert body["escalated"]["reason"] == "human_request"
+    assert body["escalated"]["seq"] == body["seq"] + 1
+
+
 async def test_http_sse_streams_the_same_events(gw: Gateway) -> None:
     events = []
     async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as client, \

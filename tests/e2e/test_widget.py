@@ -33,6 +33,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 HUB_URL = "https://help.example.com/hub-reset"
 SECRET = "widget-tests-signing-secret-0123456789abcdef"
+#: Sentences of the article, which a (slow) model says back one by one: every one grounded.
+STEPS = ["Hold the reset button for 15 seconds until the LED flashes red.",
+         "Wait 5 minutes while the hub restarts.",
+         "Open the Lumora app on your phone.",
+         "Tap Add device and choose Hub.",
+         "Scan the code on the bottom of the hub.",
+         "Keep the phone close to the hub.",
+         "Pick your home network from the list.",
+         "Type the password of your home network.",
+         "Wait until the LED turns solid green.",
+         "Add your bulbs again from the Devices tab."]
 
 HOSTILE_CSS = """
 * { font-size: 40px !important; color: red !important; font-family: fantasy !important; }
@@ -146,8 +157,7 @@ async def site(tmp_path_factory: pytest.TempPathFactory, shots: Path) -> AsyncIt
             async with httpx.AsyncClient(base_url=gw.base_url, timeout=60) as client:
                 res = await client.post("/v1/documents", params={"wait": "true"}, json={
                     "event_type": "CREATE", "doc_id": "hub-reset", "version": 1,
-                    "content": "# Resetting the hub\n\n## Factory reset\nHold the reset button "
-                               "for 15 seconds until the LED flashes red, then wait 5 minutes.",
+                    "content": "# Resetting the hub\n\n## Factory reset\n" + " ".join(STEPS),
                     "metadata": {"title": "Resetting the hub", "url": HUB_URL,
                                  "acl": ["public"], "source": "cms"}})
                 assert res.status_code == 200, res.text
@@ -202,12 +212,12 @@ async def test_a_question_shows_the_acknowledgment_then_the_answer_with_its_cita
 
 
 async def test_a_network_cut_mid_reply_loses_nothing_and_doubles_nothing(site: Site) -> None:
-    site.llm.token_delay_s = 0.25
-    site.llm.tokens = [f"word{i} " for i in range(24)]
+    site.llm.token_delay_s = 0.5
+    site.llm.tokens = [f"{step} " for step in STEPS]
     page = await site.page()
     await ask(page, "How do I factory reset the hub?")
     answer = page.locator("#duet-chat .msg.bot .answer").first
-    await expect(answer).to_contain_text("word2", timeout=30_000)
+    await expect(answer).to_contain_text(STEPS[1], timeout=30_000)
     await page.context.set_offline(True)
     await expect(page.locator("#duet-chat .status")).to_contain_text("offline")
     session_id = await page.evaluate("Duet.sessionId")
@@ -220,8 +230,8 @@ async def test_a_network_cut_mid_reply_loses_nothing_and_doubles_nothing(site: S
     shown = await page.locator("#duet-chat .msg.bot").first.evaluate(
         "n => n.querySelector('.ack').textContent + ' ' + n.querySelector('.answer').textContent")
     assert " ".join(shown.split()) == " ".join(done.text.split())
-    for i in range(24):
-        assert shown.count(f"word{i} ") == 1, f"word{i}"
+    for step in STEPS:
+        assert shown.count(step) == 1, step
     assert await page.locator("#duet-chat .msg.bot").count() == 1
     assert await page.locator("#duet-chat .msg.user").count() == 1
     assert await page.evaluate("Duet.connects") >= 2

@@ -119,3 +119,34 @@ async def test_a_turn_still_running_elsewhere_is_left_alone(journal: SessionJour
             await session.emit(Delta(turn_id="t-1", source="answer", text="Hold it."))
             mirrored = await asyncio.wait_for(anext(events), 5)
             assert isinstance(mirrored, Delta) and mirrored.seq == 2
+
+
+async def test_a_turn_cut_by_a_graceful_shutdown_runs_again_in_the_next_process(
+        journal: SessionJournal, nc) -> None:
+    async with _sessions(journal, nc) as stopping:
+        chat = _service(stopping)
+        chat.router.retrieval.script = [(0.05, "search"), (30.0, "Too late.")]  # type: ignore[attr-defined]
+        conversation = await chat.open(Identity.anonymous_customer(), channel="web")
+        async with conversation.events() as events:
+            await anext(events)
+            await conversation.submit("How do I reset the hub?")
+            async for item in events:
+                if isinstance(item, Delta):
+                    break  # the acknowledgment is out; the answer is still coming
+    logged = [entry.event for entry in await journal.read(conversation.session_id)]
+    assert not any(isinstance(e, Done) for e in logged)  # no "cancelled" for the customer
+    async with _sessions(journal, nc) as restarted:
+        chat = _service(restarted)
+        again = await chat.open(Identity.anonymous_customer(), channel="web",
+                                session_id=conversation.session_id,
+                                resume_token=conversation.resume_token)
+        async with again.events(resume_from=len(logged)) as events:
+            await anext(events)
+            dones = []
+            async for item in events:
+                if isinstance(item, Done):
+                    dones.append(item)
+                    if not item.interrupted:
+                        break
+    assert dones[0].interrupted and dones[1].decision == "answer"
+    assert "15 seconds" in dones[1].text

@@ -247,8 +247,12 @@ def test_with_tokens_everyone_needs_one() -> None:
             auth.check(conn("127.0.0.1", {"Authorization": f"Bearer {wrong}"}), "api")
     with pytest.raises(UnauthorizedError):
         auth.check(conn("127.0.0.1", {"Authorization": f"Basic {API_TOKEN}"}), "api")
-    # scopes are separate: the api token is no supervisor token (loopback still is, here)
-    assert auth.check_any(conn("127.0.0.1"), "api", "supervisor") == "loopback"
+    # scopes are separate: the api token is no supervisor token, and the loopback rule of
+    # the token-less supervisor scope is no way around the api tokens
+    assert auth.check(conn("127.0.0.1"), "supervisor") == "loopback"
+    with pytest.raises(UnauthorizedError):
+        auth.check_any(conn("127.0.0.1"), "api", "supervisor")
+    assert auth.check_any(conn("10.0.0.2", query=f"token={API_TOKEN}"), "supervisor", "api") == "ci"
     assert auth.identify(conn("10.0.0.2")) is None
 
 
@@ -277,8 +281,10 @@ def test_origin_rules() -> None:
     assert listed.allows("https://app.example:443", "gw.example")
     assert listed.allows("http://x:81", "gw.example")
     assert not listed.allows("http://app.example", "gw.example")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError):
         allowed_origins("not an origin")
+    with pytest.raises(ValidationError):
+        allowed_hosts("example.com:http", "127.0.0.1")
 
 
 # --- documents and errors ---------------------------------------------------------------

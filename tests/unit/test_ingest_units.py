@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from core.settings import CONFIGS_DIR, Settings
-from ingest.chunking import chunk_markdown
+from ingest.chunking import chunk_markdown, tables_as_rows
 from ingest.events import DocumentEvent
 from ingest.freshness import FreshnessProfile, FreshnessProfiles
 from ingest.quality import quality_problem
@@ -64,6 +64,29 @@ def test_long_sections_are_split_at_paragraphs_within_the_limit() -> None:
     chunks = chunk_markdown("long", f"# Long\n\n## Part\n{body}", max_chars=500)
     assert len(chunks) > 3 and all(len(c.text) <= 500 for c in chunks)
     assert "Paragraph 0" in chunks[0].text and "Paragraph 9" in chunks[-1].text
+
+
+def test_tables_become_rows_that_carry_their_header() -> None:
+    markdown = ("# Plans\n\nPrices per user.\n\n| Plan | Monthly price | Storage |\n"
+                "|------|:-------------:|---------|\n| **Free** | $0 | 2 GB |\n"
+                "| Team | $8 | 100 GB |\n\nPrices exclude tax.\n")
+    [chunk] = chunk_markdown("plans", markdown)
+    assert chunk.text == ("Prices per user.\n\n- Plan: Free; Monthly price: $0; Storage: 2 GB.\n"
+                          "- Plan: Team; Monthly price: $8; Storage: 100 GB.\n\n"
+                          "Prices exclude tax.")
+    # no outer pipes, an empty header cell
+    assert tables_as_rows("A | B\n--|--\n1 | 2") == "- A: 1; B: 2."
+    assert tables_as_rows("| | Hosted |\n|-|-|\n| Token | Free |") == "- Token; Hosted: Free."
+
+
+def test_a_long_table_splits_between_rows() -> None:
+    rows = "\n".join(f"| Item {i} | ${i}.00 | in stock |" for i in range(60))
+    chunks = chunk_markdown("list", f"# Price list\n\n| Item | Price | Status |\n|--|--|--|\n"
+                                    f"{rows}\n", max_chars=400)
+    assert len(chunks) > 1
+    for chunk in chunks:
+        for line in filter(str.strip, chunk.text.splitlines()):
+            assert line.startswith("- Item: Item ") and "Price: $" in line, line
 
 
 def test_plain_text_without_headings_is_one_chunk() -> None:

@@ -26,6 +26,8 @@ from agents.retrieval import (
     TurnContext,
     build_generator,
 )
+from agents.retrieval.grounding import GroundedGenerator
+from agents.retrieval.local_llm import LocalLLMGenerator
 from core.errors import GenerationError
 from core.settings import CONFIGS_DIR, Settings
 from ingest.embeddings import OnnxEmbedder
@@ -152,22 +154,31 @@ async def test_total_timeout_after_the_first_token(llm: FakeLLM) -> None:
 def test_build_generator_follows_the_settings(embedder: OnnxEmbedder) -> None:
     plain = build_generator(Settings(_env_file=None, llm_base_url=None), embedder)
     assert isinstance(plain, ExtractiveGenerator)
-    llm = build_generator(Settings(_env_file=None, llm_base_url="http://127.0.0.1:9/v1",
-                                   llm_model="m", llm_first_token_timeout_s=0.7))
+    checked = build_generator(Settings(_env_file=None, llm_base_url="http://127.0.0.1:9/v1",
+                                       llm_model="m", llm_first_token_timeout_s=0.7))
+    assert isinstance(checked, GroundedGenerator)
+    llm = checked.inner
     assert isinstance(llm, OpenAIChatGenerator)
     assert llm.url == "http://127.0.0.1:9/v1/chat/completions" and llm.model == "m"
     assert llm.first_token_timeout_s == 0.7
+    unchecked = build_generator(Settings(_env_file=None, llm_base_url="http://127.0.0.1:9/v1",
+                                         grounding_check=False))
+    assert isinstance(unchecked, OpenAIChatGenerator)
+    local = build_generator(Settings(_env_file=None, generator="local"))
+    assert isinstance(local, GroundedGenerator) and isinstance(local.inner, LocalLLMGenerator)
 
 
 # -- conformance: every generator behaves the same way towards the agent -------------------
 
-@pytest.fixture(params=["extractive", "openai-chat"])
+@pytest.fixture(params=["extractive", "openai-chat", "openai-chat+grounded"])
 async def any_generator(request: pytest.FixtureRequest, llm: FakeLLM,
                         embedder: OnnxEmbedder) -> AsyncIterator[Generator]:
     if request.param == "extractive":
         yield ExtractiveGenerator(embedder)
         return
     gen = generator(llm)
+    if request.param.endswith("+grounded"):
+        gen = GroundedGenerator(gen)
     yield gen
     await gen.aclose()
 

@@ -135,9 +135,13 @@ async def test_a_failed_answer_says_so_plainly_and_ends_the_turn(world) -> None:
     error = next(e for e in events if isinstance(e, ErrorEvent))
     assert error.code == "turn_failed" and "Exception" not in error.message
     assert "fire" not in error.message
-    assert isinstance(events[-1], Done) and events[-1].decision == "fallback"
-    # the session stays usable
+    assert isinstance(events[-2], Done) and events[-2].decision == "fallback"
+    # a failed answer goes to a person, honestly, and the customer may go back to the bot
+    assert isinstance(events[-1], Escalated) and events[-1].reason == "answer_failed"
+    assert events[-1].message and "back to the bot" in events[-1].message
     retrieval.fail_after = None
+    back = await _turn(conversation, "back to the bot please")
+    assert isinstance(back[-1], Done) and "back with the assistant" in back[-1].text
     again = await _turn(conversation, "How do I reset the hub?")
     assert isinstance(again[-1], Done) and again[-1].decision == "answer"
 
@@ -207,6 +211,7 @@ async def test_a_handoff_reason_reaches_the_queue_not_the_history(world) -> None
         escalated = await anext(events)
     assert isinstance(escalated, Escalated) and escalated.reason == "customer_request"
     assert chat.escalations.waiting()[0].note == "I would like a person"
+    await _turn(conversation, "never mind, back to the bot")
     await _turn(conversation, "how do I reset it?")
     history = retrieval.contexts[-1].history
     assert all("person" not in text for _, text in history)
