@@ -133,9 +133,10 @@ class LineRenderer:
         elif isinstance(event, Done):
             await self._on_done(event)
         elif isinstance(event, Escalated):
-            await self._queue(event, "I've asked a person from our team to take over — you're "
-                              f"number {event.queue_position} in the queue. They'll answer "
-                              "right here.", kind="system")
+            await self._queue(event, event.message or (
+                "I've asked a person from our team to take over — you're number "
+                f"{event.queue_position} in the queue. They'll answer right here."),
+                kind="system")
         elif isinstance(event, AgentJoined):
             self._agent = event.agent.name
             await self._queue(event, f"{event.agent.name} from our support team has joined "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
+import websockets
 
 from channels.whatsapp import WEBHOOK_PATH, WhatsAppChannel
 from channels.whatsapp.line import RenderOptions
@@ -47,6 +49,7 @@ from tests.fakes_whatsapp import (
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 SECRET = "meta-app-secret-for-tests"
+ALICE = "alice-token-0123456789abcdef"
 VERIFY = "verify-me-please"
 _numbers = itertools.count(15550100001)
 _wamids = itertools.count(1)
@@ -121,7 +124,8 @@ def whatsapp_settings(tmp: Path, nats_url: str, graph: FakeGraph, llm: FakeLLM,
         whatsapp_access_token=graph.token, whatsapp_phone_number_id=graph.phone_number_id,
         whatsapp_api_base=graph.base_url, whatsapp_app_secret=SECRET,
         whatsapp_verify_token=VERIFY, whatsapp_groups="+1 555 0199 999=staff|vip",
-        whatsapp_template="service_follow_up", chat_rate_burst=20, **overrides)
+        whatsapp_template="service_follow_up", chat_rate_burst=20,
+        supervisor_tokens=f"alice:{ALICE}", **overrides)
 
 
 HUB_RESET = ("# Resetting the hub\n\n## Factory reset\nHold the reset button for 15 seconds "
@@ -347,6 +351,53 @@ async def test_a_supervisors_words_go_out_through_the_graph_api(site: Site) -> N
     await asyncio.sleep(0.3)
     joined, message, left = site.graph.texts(sender)[1:]
     assert "Anna" in joined and message == f"*Anna*: {said}" and "Anna" in left
+
+
+async def test_a_supervisor_on_the_console_socket_talks_to_a_whatsapp_customer(
+        site: Site) -> None:
+    """The supervisor socket (docs/protocol.md §3) sees a WhatsApp conversation like any
+    other; the person's words go out through the Graph API, once."""
+    sender = number()
+    await site.post(text_delivery(sender, "How do I factory reset the hub?", wamid=wamid()))
+    await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 1)
+    sup = await websockets.connect(site.base_url.replace("http", "ws") + "/v1/supervisor",
+                                   additional_headers={"Authorization": f"Bearer {ALICE}"})
+
+    async def until(kind: str, **match: Any) -> dict[str, Any]:
+        while True:
+            item = json.loads(await asyncio.wait_for(sup.recv(), 60))
+            if item["type"] == kind and all(item.get(k) == v for k, v in match.items()):
+                return item
+
+    try:
+        await until("queue")
+        conversation = site.service.lines[sender].conversation
+        await conversation.handoff("wants a person")
+        sid = conversation.session_id
+        entry = await until("escalation", session_id=sid)
+        assert entry["channel"] == "whatsapp" and entry["customer_id"] == f"whatsapp:+{sender}"
+        await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 2)  # "escalated"
+        await sup.send(json.dumps({"type": "claim", "session_id": sid}))
+        claimed = await until("conversation", session_id=sid)
+        assert [line["role"] for line in claimed["transcript"]][:2] == ["customer", "bot"]
+        await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 3)  # "joined"
+        await sup.send(json.dumps({"type": "message", "session_id": sid,
+                                   "text": "Hi, Alice here: it takes about 5 minutes."}))
+        await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 4)
+        # the customer answers on WhatsApp: it reaches the supervisor, the bot stays out
+        await site.post(text_delivery(sender, "great, thank you", wamid=wamid()))
+        said = await until("customer_message", session_id=sid)
+        assert said["text"] == "great, thank you"
+        await sup.send(json.dumps({"type": "release", "session_id": sid}))
+        await until("released", session_id=sid)
+        await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 5)  # "left"
+        await asyncio.sleep(0.5)
+        texts = site.graph.texts(sender)
+        assert len(texts) == 5, texts
+        assert "alice" in texts[2] and "alice" in texts[4]
+        assert texts[3] == "*alice*: Hi, Alice here: it takes about 5 minutes."
+    finally:
+        await sup.close()
 
 
 async def test_outside_the_window_only_the_template_goes(site: Site) -> None:

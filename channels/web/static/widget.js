@@ -401,8 +401,8 @@
         break;
       case "escalated":
         person.hidden = true;
-        note("A person from our team will join shortly — you are number " +
-             ev.queue_position + " in the queue.");
+        note(ev.message || ("A person from our team will join shortly — you are number " +
+             ev.queue_position + " in the queue."));
         break;
       case "agent_joined":
         state.agent = ev.agent && ev.agent.name;
