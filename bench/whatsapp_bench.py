@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
 import re
 import time
@@ -94,6 +95,25 @@ async def latency(gw: GatewayProcess, graph: FakeGraph) -> dict[str, Any]:
             "post_to_first_reply_message_ms": summary(first_reply_ms)}
 
 
+transport_errors = 0
+
+
+async def _deliver(http: httpx.AsyncClient, body: tuple[bytes, dict[str, str]]
+                   ) -> httpx.Response:
+    """POST a delivery as Meta does: a connection that fails is tried again (the same body;
+    the gateway's inbox drops it if the first attempt did arrive)."""
+    global transport_errors
+    for attempt in range(5):
+        try:
+            return await http.post(WEBHOOK, content=body[0], headers=body[1])
+        except httpx.TransportError:
+            transport_errors += 1
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
 async def _poll(check: Any, timeout_s: float) -> bool:
     """Whether ``check()`` came true within ``timeout_s`` (looked at five times a second)."""
     for _ in range(int(timeout_s / 0.2)):
@@ -133,7 +153,7 @@ async def throughput(gw: GatewayProcess, graph: FakeGraph) -> dict[str, Any]:
             body = signed(text_delivery(number, text, wamid=wamid), SECRET)
             bodies.append(body)
             started = time.perf_counter()
-            res = await http.post(WEBHOOK, content=body[0], headers=body[1])
+            res = await _deliver(http, body)
             post_ms.append((time.perf_counter() - started) * 1000)
             assert res.status_code == 200, res.text
 
@@ -155,8 +175,8 @@ async def throughput(gw: GatewayProcess, graph: FakeGraph) -> dict[str, Any]:
                         for i in picked[1::2]]
         retries = identical + re_enveloped
         async with asyncio.TaskGroup() as group:
-            for body, headers in retries:
-                group.create_task(http.post(WEBHOOK, content=body, headers=headers))
+            for body in retries:
+                group.create_task(_deliver(http, body))
         wanted = set(wamids)
 
         def reads() -> dict[str, int]:
@@ -199,6 +219,8 @@ async def throughput(gw: GatewayProcess, graph: FakeGraph) -> dict[str, Any]:
         "retries_dropped_by_message_id": duplicates,
         "lost": unique - int(accepted), "doubled": int(accepted) - unique,
         "gateway_cpu_ms_per_message": round(cpu_s * 1000 / unique, 1),
+        "webhook_posts_retried_after_a_transport_error": transport_errors,
+        "machine_load_average_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
         "senders_answered": answered,
     }
 

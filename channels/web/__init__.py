@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 from core.settings import Settings
 from gateway.channel import Channel
 
-__all__ = ["STATIC_DIR", "WebWidget", "channel"]
+__all__ = ["DEMO_CSP", "STATIC_DIR", "WebWidget", "channel"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -40,10 +40,17 @@ async def widget_js(request: Request) -> Response:
                              "X-Content-Type-Options": "nosniff"})
 
 
+#: The demo page's policy: its own script and socket only (its one inline ``<style>``).
+DEMO_CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; "
+            "style-src 'self' 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; "
+            "form-action 'none'; frame-ancestors 'none'")
+
+
 async def demo_page(request: Request) -> Response:
     """A page that embeds the widget with its one tag."""
     return Response(_asset("demo.html"), media_type="text/html; charset=utf-8",
-                    headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+                    headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                             "Content-Security-Policy": DEMO_CSP})
 
 
 class WebWidget(Channel):

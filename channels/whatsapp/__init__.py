@@ -93,7 +93,8 @@ class WhatsAppChannel(Channel):
                                 template=settings.whatsapp_template,
                                 template_language=settings.whatsapp_template_language)
         self.service = WhatsAppService(state.chat, store, graph, metrics=self.metrics,
-                                       options=options, groups=self.groups)
+                                       options=options, groups=self.groups,
+                                       phone_number_id=settings.whatsapp_phone_number_id)
         self.store = store
         try:
             async with TaskBoard() as board:

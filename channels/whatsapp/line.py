@@ -74,6 +74,8 @@ class _Turn:
     ack_queued: bool = False
     answer: list[str] = field(default_factory=list)
     failed: bool = False
+    #: A person's message (a ``human`` delta and its ``done``): sent with the delta.
+    human: bool = False
 
 
 class LineRenderer:
@@ -131,9 +133,10 @@ class LineRenderer:
         elif isinstance(event, Done):
             await self._on_done(event)
         elif isinstance(event, Escalated):
-            await self._queue(event, "I've asked a person from our team to take over — you're "
-                              f"number {event.queue_position} in the queue. They'll answer "
-                              "right here.", kind="system")
+            await self._queue(event, event.message or (
+                "I've asked a person from our team to take over — you're number "
+                f"{event.queue_position} in the queue. They'll answer right here."),
+                kind="system")
         elif isinstance(event, AgentJoined):
             self._agent = event.agent.name
             await self._queue(event, f"{event.agent.name} from our support team has joined "
@@ -151,9 +154,11 @@ class LineRenderer:
 
     async def _on_delta(self, delta: Delta) -> None:
         if delta.source == "human":
+            if delta.turn_id is not None:
+                self._turn(delta.turn_id).human = True
             text = f"*{self._agent}*: {delta.text}" if self._agent else delta.text
             await self._queue(delta, text, kind="human")
-        elif delta.source == "system":
+        elif delta.source == "system" and delta.turn_id is None:
             await self._queue(delta, delta.text, kind="system")
         elif delta.source == "ack":
             turn = self._turn(delta.turn_id)
@@ -161,7 +166,7 @@ class LineRenderer:
             wait_s = turn.started + self.options.ack_delay_s - time.monotonic()
             assert self._group is not None
             turn.ack_timer = self._group.create_task(self._ack_later(turn, delta, wait_s))
-        else:
+        else:  # the answer, or the gateway's own words as a turn's reply: sent at its done
             self._turn(delta.turn_id).answer.append(delta.text)
 
     async def _ack_later(self, turn: _Turn, delta: Delta, wait_s: float) -> None:
@@ -171,11 +176,15 @@ class LineRenderer:
         await self._queue(delta, delta.text, kind="ack")
 
     async def _on_done(self, done: Done) -> None:
-        turn = self._turns.pop(done.turn_id or "", None) or _Turn()
+        turn = self._turns.pop(done.turn_id or "", None)
+        if turn is None:
+            return  # nothing of this turn was seen here: rendered before a restart
         if turn.ack_timer is not None and not turn.ack_queued:
             turn.ack_timer.cancel()  # the answer came first: no acknowledgment
-        if done.cancelled:
-            return  # a newer message superseded it (or it is run again after a restart)
+        if done.cancelled or turn.human:
+            # superseded by a newer message (or run again after a restart); or a person's
+            # message, already sent with its delta
+            return
         answer = "".join(turn.answer).strip()
         if not answer:
             answer = done.text

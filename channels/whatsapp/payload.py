@@ -95,8 +95,13 @@ class _Contact(_Loose):
     profile: _Profile | None = None
 
 
+class _Metadata(_Loose):
+    phone_number_id: str | None = None
+
+
 class _Value(_Loose):
     messaging_product: str | None = None
+    metadata: _Metadata | None = None
     contacts: list[_Contact] = Field(default_factory=list)
     messages: list[_Message] = Field(default_factory=list)
     statuses: list[_Status] = Field(default_factory=list)
@@ -133,6 +138,8 @@ class Inbound:
     text: str | None
     #: The name on the customer's WhatsApp profile, if sent.
     profile_name: str | None = None
+    #: The business number it was sent to (``metadata.phone_number_id``).
+    phone_number_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +160,7 @@ class Delivery:
     statuses: list[Status]
 
 
-def _inbound(message: _Message, names: dict[str, str]) -> Inbound:
+def _inbound(message: _Message, names: dict[str, str], to: str | None) -> Inbound:
     kind, text = message.type, None
     if kind == "text" and message.text is not None:
         text = message.text.body
@@ -170,7 +177,7 @@ def _inbound(message: _Message, names: dict[str, str]) -> Inbound:
         stamp = 0
     return Inbound(id=message.id, sender=message.sender, timestamp=stamp, kind=kind,
                    text=text.strip() if text and text.strip() else None,
-                   profile_name=names.get(message.sender))
+                   profile_name=names.get(message.sender), phone_number_id=to)
 
 
 def parse_delivery(data: bytes | str | dict[str, Any]) -> Delivery:
@@ -187,7 +194,8 @@ def parse_delivery(data: bytes | str | dict[str, Any]) -> Delivery:
             value = change.value
             names = {c.wa_id: c.profile.name for c in value.contacts
                      if c.wa_id and c.profile and c.profile.name}
-            messages.extend(_inbound(m, names) for m in value.messages)
+            to = value.metadata.phone_number_id if value.metadata else None
+            messages.extend(_inbound(m, names, to) for m in value.messages)
             statuses.extend(Status(id=s.id, status=s.status, recipient=s.recipient_id,
                                    error_codes=tuple(e.code for e in s.errors if e.code))
                             for s in value.statuses)

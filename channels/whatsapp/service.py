@@ -34,6 +34,7 @@ from gateway.auth import PUBLIC_GROUP, Identity
 from gateway.events import Delta, UserMessage
 from gateway.protocol import MAX_TEXT_CHARS, ErrorCode, ProtocolError
 from gateway.service import ChatService, Conversation
+from gateway.store import HEARTBEAT_TTL_S
 
 __all__ = ["WhatsAppService", "parse_groups"]
 
@@ -68,13 +69,17 @@ class WhatsAppService:
 
     def __init__(self, chat: ChatService, store: WhatsAppStore, graph: GraphClient, *,
                  metrics: WhatsAppMetrics, options: RenderOptions,
-                 groups: dict[str, tuple[str, ...]], concurrency: int = 64) -> None:
+                 groups: dict[str, tuple[str, ...]], phone_number_id: str,
+                 concurrency: int = 64) -> None:
         self.chat = chat
         self.store = store
         self.graph = graph
         self.metrics = metrics
         self.options = options
         self.groups = groups
+        self.phone_number_id = phone_number_id
+        #: Seconds after start-up before open conversations are picked up again.
+        self.recover_after_s = HEARTBEAT_TTL_S
         self._lines: dict[str, _Running] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._slots = asyncio.Semaphore(concurrency)
@@ -143,6 +148,10 @@ class WhatsAppService:
     async def _inbound(self, inbound: Inbound, delivery: int) -> None:
         number = _digits(inbound.sender)
         if not number:
+            return
+        if inbound.phone_number_id not in (None, self.phone_number_id):
+            # another business number of the same Meta app: not ours to answer
+            self.metrics.inbound.labels(inbound.kind, "other_number").inc()
             return
         if not await self.store.claim_message(inbound.id, delivery):
             self.metrics.inbound.labels(inbound.kind, "duplicate").inc()
@@ -251,7 +260,13 @@ class WhatsAppService:
             log.exception("WhatsApp renderer failed", extra={"session_id": renderer.session_id})
 
     async def _recover(self) -> None:
-        """Listen again to every conversation whose window is still open (a restart)."""
+        """Listen again to every conversation whose window is still open (a restart).
+
+        It waits until a gateway process that died can no longer look alive (its heartbeat
+        expired): the session service re-runs a turn that process left unfinished only then.
+        Nothing emitted meanwhile is missed: a renderer starts after the newest event it
+        rendered."""
+        await asyncio.sleep(self.recover_after_s)
         now = time.time()
         try:
             lines = await self.store.lines()

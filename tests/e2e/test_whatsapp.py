@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,13 +20,22 @@ import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
+import websockets
 
 from channels.whatsapp import WEBHOOK_PATH, WhatsAppChannel
 from channels.whatsapp.line import RenderOptions
 from core.natsd import EmbeddedNats, connect
 from core.settings import Settings
 from gateway.channel import load_channels
-from gateway.events import AgentJoined, AgentRef, Delta
+from gateway.events import (
+    AgentJoined,
+    AgentLeft,
+    AgentRef,
+    Delta,
+    Done,
+    Timings,
+    UserMessage,
+)
 from tests.conftest import make_settings
 from tests.fakes import FakeLLM
 from tests.fakes_whatsapp import (
@@ -39,6 +49,7 @@ from tests.fakes_whatsapp import (
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 SECRET = "meta-app-secret-for-tests"
+ALICE = "alice-token-0123456789abcdef"
 VERIFY = "verify-me-please"
 _numbers = itertools.count(15550100001)
 _wamids = itertools.count(1)
@@ -113,7 +124,8 @@ def whatsapp_settings(tmp: Path, nats_url: str, graph: FakeGraph, llm: FakeLLM,
         whatsapp_access_token=graph.token, whatsapp_phone_number_id=graph.phone_number_id,
         whatsapp_api_base=graph.base_url, whatsapp_app_secret=SECRET,
         whatsapp_verify_token=VERIFY, whatsapp_groups="+1 555 0199 999=staff|vip",
-        whatsapp_template="service_follow_up", chat_rate_burst=20, **overrides)
+        whatsapp_template="service_follow_up", chat_rate_burst=20,
+        supervisor_tokens=f"alice:{ALICE}", **overrides)
 
 
 HUB_RESET = ("# Resetting the hub\n\n## Factory reset\nHold the reset button for 15 seconds "
@@ -305,6 +317,17 @@ async def test_statuses_are_counted_and_never_answered(site: Site) -> None:
     assert sender not in site.service.lines and site.graph.sent(sender) == []
 
 
+async def test_messages_to_another_business_number_are_not_answered(site: Site) -> None:
+    other = number()
+    payload = text_delivery(other, "hello", wamid=wamid())
+    payload["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = "999"
+    assert (await site.post(payload)).status_code == 200
+    mine = number()
+    await site.post(text_delivery(mine, "hello", wamid=wamid()))  # processed after it
+    await site.graph.wait_for(lambda: len(site.graph.sent(mine)) >= 1)
+    assert other not in site.service.lines and site.graph.sent(other, "read") == []
+
+
 async def test_configured_numbers_get_their_groups(site: Site) -> None:
     sender = "15550199999"
     await site.post(text_delivery(sender, "hello", wamid=wamid()))
@@ -319,10 +342,62 @@ async def test_a_supervisors_words_go_out_through_the_graph_api(site: Site) -> N
     session = site.session(sender)
     agent = AgentRef(id="sup-1", name="Anna")
     await session.emit(AgentJoined(agent=agent))
-    await session.emit(Delta(source="human", text="Hi, I'm looking at your hub now."))
-    await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 3)
-    joined, said = site.graph.texts(sender)[1:3]
-    assert "Anna" in joined and said == "*Anna*: Hi, I'm looking at your hub now."
+    # a person's message as the supervisor socket emits it: a human delta and its done
+    said = "Hi, I'm looking at your hub now."
+    await session.emit(Delta(turn_id="h1", source="human", text=said))
+    await session.emit(Done(turn_id="h1", text=said, timings_ms=Timings(total=0.0)))
+    await session.emit(AgentLeft(agent=agent))
+    await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 4)
+    await asyncio.sleep(0.3)
+    joined, message, left = site.graph.texts(sender)[1:]
+    assert "Anna" in joined and message == f"*Anna*: {said}" and "Anna" in left
+
+
+async def test_a_supervisor_on_the_console_socket_talks_to_a_whatsapp_customer(
+        site: Site) -> None:
+    """The supervisor socket (docs/protocol.md §3) sees a WhatsApp conversation like any
+    other; the person's words go out through the Graph API, once."""
+    sender = number()
+    await site.post(text_delivery(sender, "How do I factory reset the hub?", wamid=wamid()))
+    await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 1)
+    sup = await websockets.connect(site.base_url.replace("http", "ws") + "/v1/supervisor",
+                                   additional_headers={"Authorization": f"Bearer {ALICE}"})
+
+    async def until(kind: str, **match: Any) -> dict[str, Any]:
+        while True:
+            item = json.loads(await asyncio.wait_for(sup.recv(), 60))
+            if item["type"] == kind and all(item.get(k) == v for k, v in match.items()):
+                return item
+
+    try:
+        await until("queue")
+        conversation = site.service.lines[sender].conversation
+        await conversation.handoff("wants a person")
+        sid = conversation.session_id
+        entry = await until("escalation", session_id=sid)
+        assert entry["channel"] == "whatsapp" and entry["customer_id"] == f"whatsapp:+{sender}"
+        await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 2)  # "escalated"
+        await sup.send(json.dumps({"type": "claim", "session_id": sid}))
+        claimed = await until("conversation", session_id=sid)
+        assert [line["role"] for line in claimed["transcript"]][:2] == ["customer", "bot"]
+        await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 3)  # "joined"
+        await sup.send(json.dumps({"type": "message", "session_id": sid,
+                                   "text": "Hi, Alice here: it takes about 5 minutes."}))
+        await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 4)
+        # the customer answers on WhatsApp: it reaches the supervisor, the bot stays out
+        await site.post(text_delivery(sender, "great, thank you", wamid=wamid()))
+        said = await until("customer_message", session_id=sid)
+        assert said["text"] == "great, thank you"
+        await sup.send(json.dumps({"type": "release", "session_id": sid}))
+        await until("released", session_id=sid)
+        await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 5)  # "left"
+        await asyncio.sleep(0.5)
+        texts = site.graph.texts(sender)
+        assert len(texts) == 5, texts
+        assert "alice" in texts[2] and "alice" in texts[4]
+        assert texts[3] == "*alice*: Hi, Alice here: it takes about 5 minutes."
+    finally:
+        await sup.close()
 
 
 async def test_outside_the_window_only_the_template_goes(site: Site) -> None:
@@ -347,6 +422,26 @@ async def test_outside_the_window_only_the_template_goes(site: Site) -> None:
     await site.session(other).emit(Delta(source="human", text="Still there?"))
     await site.graph.wait_for(lambda: len(site.graph.sent(other, "template")) >= 1)
     assert len(site.graph.texts(other)) == 1
+
+
+async def test_the_gateways_own_words_in_a_turn_go_once(site: Site) -> None:
+    """A turn the gateway answers itself (a ``system`` delta and its ``done``, e.g. while
+    the customer waits for a person) is one message."""
+    sender = number()
+    await site.post(text_delivery(sender, "hello", wamid=wamid()))
+    await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 1)
+    session = site.session(sender)
+    said = "A person will be with you shortly; you are number 2 in the queue."
+    await session.emit(UserMessage(turn_id="t-wait", text="anyone there?"))
+    await session.emit(Delta(turn_id="t-wait", source="system", text=said))
+    await session.emit(Done(turn_id="t-wait", text=said, timings_ms=Timings(total=1.0)))
+    # a message while a person holds the conversation: an empty turn, nothing sent
+    await session.emit(UserMessage(turn_id="t-held", text="hello?"))
+    await session.emit(Done(turn_id="t-held", text="", timings_ms=Timings(total=1.0)))
+    await session.emit(Delta(source="system", text="marker"))
+    await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 3)
+    await asyncio.sleep(0.3)
+    assert site.graph.texts(sender)[1:] == [said, "marker"]
 
 
 async def test_long_answers_are_split_between_sentences(site: Site) -> None:

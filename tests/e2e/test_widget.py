@@ -1,7 +1,8 @@
 """The web chat widget in real headless Chromium (Debian's, driven by Playwright).
 
-A host page on another loopback origin embeds the widget with its one tag (and CSS that
-tries to break it); the gateway allows that origin (``DUET_ALLOWED_ORIGINS``). Answers come
+A host page on another loopback origin embeds the widget with its one tag (with CSS that
+tries to break it, and a strict Content-Security-Policy: no inline styles); the gateway
+allows that origin (``DUET_ALLOWED_ORIGINS``). Answers come
 from a slow OpenAI-compatible model (tests/fakes.py), so a reply is still streaming when the
 test looks at it or cuts the network. Screenshots go to ``$DUET_SCREENSHOT_DIR`` (default: a
 temp dir; the path is printed).
@@ -23,7 +24,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from core.natsd import EmbeddedNats
 from core.settings import Settings
 from gateway.auth import CustomerTokens
-from gateway.events import AgentJoined, AgentRef, Delta, Done
+from gateway.events import AgentJoined, AgentLeft, AgentRef, Delta, Done, Timings
 from tests.conftest import Gateway, make_settings, run_gateway
 from tests.fakes import FakeLLM
 
@@ -32,6 +33,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 HUB_URL = "https://help.example.com/hub-reset"
 SECRET = "widget-tests-signing-secret-0123456789abcdef"
+#: Sentences of the article, which a (slow) model says back one by one: every one grounded.
+STEPS = ["Hold the reset button for 15 seconds until the LED flashes red.",
+         "Wait 5 minutes while the hub restarts.",
+         "Open the Lumora app on your phone.",
+         "Tap Add device and choose Hub.",
+         "Scan the code on the bottom of the hub.",
+         "Keep the phone close to the hub.",
+         "Pick your home network from the list.",
+         "Type the password of your home network.",
+         "Wait until the LED turns solid green.",
+         "Add your bulbs again from the Devices tab."]
 
 HOSTILE_CSS = """
 * { font-size: 40px !important; color: red !important; font-family: fantasy !important; }
@@ -60,19 +72,28 @@ class HostPage:
 
     def html(self) -> str:
         return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Shop</title>"
-                f"<style>{HOSTILE_CSS}</style></head><body><h1>A shop</h1><p id='text'>"
-                "Welcome to the shop.</p>"
+                "<link rel='stylesheet' href='/host.css'></head><body><h1>A shop</h1>"
+                "<p id='text'>Welcome to the shop.</p>"
                 f"<script src='{self.gateway_url}/widget.js' data-duet-url='{self.gateway_url}' "
                 "async></script></body></html>")
 
+    def csp(self) -> str:
+        """A strict policy: no inline styles or scripts, the gateway for the widget only."""
+        ws = self.gateway_url.replace("http://", "ws://")
+        return (f"default-src 'none'; style-src 'self'; script-src {self.gateway_url}; "
+                f"connect-src {ws}; img-src 'self' data:")
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            path = (await reader.readline()).decode().split(" ")[1:2] or ["/"]
             while (await reader.readline()).strip():
                 pass
-            body = self.html().encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
-                         + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                         + body)
+            css = path[0] == "/host.css"
+            body = (HOSTILE_CSS if css else self.html()).encode()
+            kind = "text/css" if css else "text/html; charset=utf-8"
+            head = (f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+                    f"Content-Security-Policy: {self.csp()}\r\nConnection: close\r\n\r\n")
+            writer.write(head.encode() + body)
             await writer.drain()
         finally:
             writer.close()
@@ -136,8 +157,7 @@ async def site(tmp_path_factory: pytest.TempPathFactory, shots: Path) -> AsyncIt
             async with httpx.AsyncClient(base_url=gw.base_url, timeout=60) as client:
                 res = await client.post("/v1/documents", params={"wait": "true"}, json={
                     "event_type": "CREATE", "doc_id": "hub-reset", "version": 1,
-                    "content": "# Resetting the hub\n\n## Factory reset\nHold the reset button "
-                               "for 15 seconds until the LED flashes red, then wait 5 minutes.",
+                    "content": "# Resetting the hub\n\n## Factory reset\n" + " ".join(STEPS),
                     "metadata": {"title": "Resetting the hub", "url": HUB_URL,
                                  "acl": ["public"], "source": "cms"}})
                 assert res.status_code == 200, res.text
@@ -192,12 +212,12 @@ async def test_a_question_shows_the_acknowledgment_then_the_answer_with_its_cita
 
 
 async def test_a_network_cut_mid_reply_loses_nothing_and_doubles_nothing(site: Site) -> None:
-    site.llm.token_delay_s = 0.25
-    site.llm.tokens = [f"word{i} " for i in range(24)]
+    site.llm.token_delay_s = 0.5
+    site.llm.tokens = [f"{step} " for step in STEPS]
     page = await site.page()
     await ask(page, "How do I factory reset the hub?")
     answer = page.locator("#duet-chat .msg.bot .answer").first
-    await expect(answer).to_contain_text("word2", timeout=30_000)
+    await expect(answer).to_contain_text(STEPS[1], timeout=30_000)
     await page.context.set_offline(True)
     await expect(page.locator("#duet-chat .status")).to_contain_text("offline")
     session_id = await page.evaluate("Duet.sessionId")
@@ -210,8 +230,8 @@ async def test_a_network_cut_mid_reply_loses_nothing_and_doubles_nothing(site: S
     shown = await page.locator("#duet-chat .msg.bot").first.evaluate(
         "n => n.querySelector('.ack').textContent + ' ' + n.querySelector('.answer').textContent")
     assert " ".join(shown.split()) == " ".join(done.text.split())
-    for i in range(24):
-        assert shown.count(f"word{i} ") == 1, f"word{i}"
+    for step in STEPS:
+        assert shown.count(step) == 1, step
     assert await page.locator("#duet-chat .msg.bot").count() == 1
     assert await page.locator("#duet-chat .msg.user").count() == 1
     assert await page.evaluate("Duet.connects") >= 2
@@ -234,12 +254,26 @@ async def test_a_supervisors_reply_appears_with_their_name(site: Site) -> None:
     await expect(page.locator("#duet-chat .note").last).to_contain_text("queue", timeout=30_000)
     session = site.session(await page.evaluate("Duet.sessionId"))
     await session.emit(AgentJoined(agent=AgentRef(id="sup-1", name="Anna")))
-    await session.emit(Delta(source="human", text="Hi! I'm Anna — I can help with the hub."))
+    # a person's message as the supervisor socket emits it: a human delta and its done
+    said = "Hi! I'm Anna — I can help with the hub."
+    await session.emit(Delta(turn_id="h1", source="human", text=said))
+    await session.emit(Done(turn_id="h1", text=said, timings_ms=Timings(total=0.0)))
     human = page.locator("#duet-chat .msg.human")
     await expect(human).to_contain_text("I can help with the hub", timeout=30_000)
     await expect(human.locator(".who")).to_have_text("Anna")
     await expect(page.locator("#duet-chat .note").last).to_contain_text("Anna joined")
     await site.shot(page, "widget-supervisor")
+    await session.emit(AgentLeft(agent=AgentRef(id="sup-1", name="Anna")))  # after the done
+    await expect(page.locator("#duet-chat .note").last).to_contain_text("Anna left")
+    assert await page.locator("#duet-chat .msg.bot").count() == 1  # the done added nothing
+    # a reload redraws the whole conversation from the session (and resumes it)
+    await page.reload()
+    await page.locator("#duet-chat .bubble").click()
+    await expect(page.locator("#duet-chat .note").last).to_contain_text("Anna left",
+                                                                        timeout=30_000)
+    assert await page.locator("#duet-chat .msg.user").count() == 1
+    assert await page.locator("#duet-chat .msg.human").count() == 1
+    assert await page.locator("#duet-chat .msg.bot").count() == 1
     await page.context.close()
 
 
@@ -249,6 +283,8 @@ async def test_host_css_cannot_break_it_and_it_works_from_the_keyboard(site: Sit
     assert await bubble.is_visible()  # host CSS hides every button; not this one
     size = await bubble.evaluate("n => getComputedStyle(n).fontSize")
     assert size != "40px"
+    # styled although the page's Content-Security-Policy forbids inline styles
+    assert await bubble.evaluate("n => getComputedStyle(n).backgroundColor") == "rgb(59, 91, 219)"
     # nor does the widget touch the host page
     assert await page.locator("#text").evaluate("n => getComputedStyle(n).fontSize") == "40px"
     await page.keyboard.press("Tab")

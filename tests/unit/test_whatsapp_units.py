@@ -39,6 +39,7 @@ def test_meta_payloads_are_parsed() -> None:
     assert message.sender == "16505551234" and message.kind == "text"
     assert message.text == "Does it come in another color?" and message.timestamp == 1749416383
     assert message.profile_name == "Sheena Nelson" and message.id.startswith("wamid.")
+    assert message.phone_number_id == "106540352242922"
     list_reply = parse_delivery(message_delivery("1555", {"type": "interactive", "interactive": {
         "type": "list_reply", "list_reply": {"id": "r1", "title": "Returns", "description": "x"}}},
         wamid="wamid.A")).messages[0]

@@ -102,13 +102,14 @@
     token: data.customerToken || null,
     sessionId: saved.sessionId || null,
     resumeToken: saved.resumeToken || null,
-    lastSeq: saved.lastSeq || 0,
+    lastSeq: 0,           // shown so far on this page; a reload replays the conversation
     ws: null, connected: false, ready: false, wanted: false, blocked: false,
     attempts: 0, timer: null,
     queue: [],            // {obj, sent}: a message stays until its user_message is seen,
                           // and is sent again after a reconnect (the id makes it once)
     pending: {},          // client id -> the user's bubble, until the server's user_message
     turns: {},            // turn_id -> {node, ack, answer, text}
+    humanTurns: {},       // turn_id of a person's message: its done adds nothing
     agent: null,
     connects: 0
   };
@@ -125,9 +126,17 @@
   host.id = "duet-chat";
   host.setAttribute("data-duet", "");
   var root = host.attachShadow({mode: "open"});
-  var style = el("style");
-  style.textContent = CSS;
-  root.appendChild(style);
+  // A constructed style sheet is not an inline style: a host page whose Content-Security-
+  // Policy forbids 'unsafe-inline' styles still renders the widget.
+  try {
+    var sheet = new CSSStyleSheet();
+    sheet.replaceSync(CSS);
+    root.adoptedStyleSheets = [sheet];
+  } catch (e) {
+    var style = el("style");
+    style.textContent = CSS;
+    root.appendChild(style);
+  }
 
   var title = data.title || "Chat with us";
   var panel = el("div", "panel");
@@ -360,6 +369,7 @@
       }
       case "delta": {
         if (ev.source === "human") {
+          if (ev.turn_id) state.humanTurns[ev.turn_id] = true;
           var msg = el("div", "msg human");
           msg.appendChild(el("span", "who", state.agent || "Support"));
           msg.appendChild(document.createTextNode(ev.text));
@@ -384,13 +394,15 @@
       }
       case "done":
         showTyping(false);
+        if (state.humanTurns[ev.turn_id]) { delete state.humanTurns[ev.turn_id]; break; }
+        if (!state.turns[ev.turn_id] && !ev.text) break;
         finish(turnOf(ev.turn_id), ev);
         delete state.turns[ev.turn_id];
         break;
       case "escalated":
         person.hidden = true;
-        note("A person from our team will join shortly — you are number " +
-             ev.queue_position + " in the queue.");
+        note(ev.message || ("A person from our team will join shortly — you are number " +
+             ev.queue_position + " in the queue."));
         break;
       case "agent_joined":
         state.agent = ev.agent && ev.agent.name;
