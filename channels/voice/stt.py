@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SpeechToText", "WhisperSTT", "bundled_whisper_model", "drop_repeats", "normalize_transcript"]
+__all__ = ["SpeechToText", "WhisperSTT", "bundled_whisper_model", "drop_repeated_words", "drop_repeats",
+           "normalize_transcript"]
 
 log = logging.getLogger("duet.voice")
 
@@ -140,7 +141,7 @@ class WhisperSTT(SpeechToText):
                                             no_repeat_ngram_size=0)
         eot = self._tokenizer.eot
         tokens = drop_repeats([t for t in result[0].sequences_ids[0] if t < eot])
-        return self._tokenizer.decode(tokens)
+        return drop_repeated_words(self._tokenizer.decode(tokens))
 
 
 def drop_repeats(tokens: list[int], min_period: int = 3) -> list[int]:
@@ -151,3 +152,15 @@ def drop_repeats(tokens: list[int], min_period: int = 3) -> list[int]:
         if all(tokens[i] == tokens[i - period] for i in range(period, n)):
             return tokens[:period]
     return tokens
+
+
+def drop_repeated_words(text: str, min_period: int = 2) -> str:
+    """``text`` without a tail of words that only repeats its beginning (punctuation and
+    case aside): "Can I return it? Can I return" → "Can I return it?"."""
+    words = text.split()
+    keys = [normalize_transcript(w) for w in words]
+    n = len(words)
+    for period in range(min_period, n // 2 + 1):
+        if all(keys[i] == keys[i - period] for i in range(period, n)):
+            return " ".join(words[:period])
+    return text

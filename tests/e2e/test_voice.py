@@ -13,6 +13,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import pytest
 import pytest_asyncio
 
@@ -213,3 +214,39 @@ async def test_a_dropped_socket_mid_reply_and_many_callers_leave_nothing_behind(
     await _until_no_calls(calls)
     gc.collect()
     assert threading.active_count() <= threads_before + 2
+
+
+async def test_the_voice_page_hears_a_browser_microphone_and_plays_the_reply(
+        gw: Gateway, tmp_path: Any) -> None:
+    """Debian chromium, headless, its fake microphone fed a recorded question."""
+    from playwright.async_api import async_playwright
+
+    from tests.data.audio.make_questions import write_wav
+
+    pcm, rate = read_wav(AUDIO_DIR / "q_return.wav")
+    speech = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768
+    question = tmp_path / "question.wav"
+    write_wav(question, np.concatenate([np.zeros(rate * 2, np.float32), speech,
+                                        np.zeros(rate * 8, np.float32)]), rate)
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={question}%noloop",
+            "--autoplay-policy=no-user-gesture-required"])
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{gw.base_url}/voice")
+            await page.click("#start")
+            await page.wait_for_function(
+                "window.duet.events.some(e => e.type === 'done')", timeout=60_000)
+            await page.wait_for_function(
+                "window.duet.audioBytes > 2 * 22050 * 2 && window.duet.chunksPlayed > 10",
+                timeout=60_000)
+            transcript = await page.inner_text("#transcript")
+            reply = await page.inner_text("#reply")
+            await page.screenshot(path=str(tmp_path / "voice-page.png"), full_page=True)
+        finally:
+            await browser.close()
+    assert "return" in transcript.lower()
+    assert "restocking" in reply

@@ -7,7 +7,7 @@ import pytest
 
 from channels.voice.audio import StreamResampler, float_to_pcm16, pcm16_to_float, resample
 from channels.voice.protocol import VoiceErrorCode, VoiceHello, parse_voice_message
-from channels.voice.stt import drop_repeats, normalize_transcript
+from channels.voice.stt import drop_repeated_words, drop_repeats, normalize_transcript
 from channels.voice.tts import SentenceSplitter
 from channels.voice.vad import WINDOW, Pause, SpeechStarted, TurnDetector, TurnEnded
 from gateway.protocol import Cancel, ErrorCode, ProtocolError
@@ -111,6 +111,9 @@ def test_decoding_loops_are_cut_and_transcripts_compare_by_words() -> None:
     assert drop_repeats([1, 2, 3, 1, 2, 3, 1]) == [1, 2, 3]
     assert drop_repeats([1, 2, 3, 4]) == [1, 2, 3, 4]
     assert drop_repeats([5, 5, 5, 5]) == [5, 5, 5, 5]  # periods under 3 tokens stay
+    assert drop_repeated_words("Can I return and open item? Can I return and open item") == (
+        "Can I return and open item?")
+    assert drop_repeated_words("No, no, I said no.") == "No, no, I said no."
     assert normalize_transcript(" Can I return, an opened item?") == "can i return an opened item"
 
 
