@@ -10,9 +10,12 @@ transcript is the same session the supervisor console sees).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 from core.settings import Settings
 
@@ -40,7 +43,7 @@ def build_session(speech, router_llm):  # type: ignore[no-untyped-def]
 
 
 @contextlib.asynccontextmanager
-async def _chat_stack(settings: Settings) -> AsyncIterator[object]:
+async def _chat_stack(settings: Settings) -> AsyncIterator[Any]:
     """The knowledge runtime (no ingest worker) and the chat services, as in the gateway."""
     from core.metrics import Metrics
     from core.natsd import resolve_nats_url
@@ -58,46 +61,58 @@ async def _chat_stack(settings: Settings) -> AsyncIterator[object]:
             yield state
 
 
-def run_worker(settings: Settings) -> int:
-    """Run the worker until interrupted (``livekit.agents.cli`` handles signals)."""
-    import sys
+def _setup(proc: Any) -> None:
+    """Each job process loads the speech models once (``setup_fnc``; module level: the
+    job processes are started by pickling it)."""
+    from channels.voice.speech import Speech
 
-    from livekit.agents import Agent, AgentServer, JobContext, JobProcess, cli
+    proc.userdata["settings"] = settings = Settings()
+    proc.userdata["speech"] = Speech.load(settings)
+
+
+async def _entrypoint(ctx: Any) -> None:
+    """One room: a conversation for its caller and an ``AgentSession`` until it closes."""
+    from livekit.agents import Agent
 
     from channels.livekit.plugins import RouterLLM
-    from channels.voice.speech import Speech
     from gateway.auth import Identity
+
+    settings: Settings = ctx.proc.userdata["settings"]
+    speech = ctx.proc.userdata["speech"]
+    await speech.warm()
+    await ctx.connect()
+    participant = await ctx.wait_for_participant()
+    async with _chat_stack(settings) as state:
+        identity = Identity.for_channel(participant.identity)
+        token = participant.attributes.get("customer_token")
+        if token:
+            try:
+                identity = state.customer_tokens.verify(token)
+            except Exception:
+                log.warning("a participant's customer token was refused; calling as its "
+                            "room identity", extra={"participant": participant.identity})
+        assert state.chat is not None
+        conversation = await state.chat.open(identity, channel="livekit")
+        async with conversation.events() as events:
+            session = build_session(speech, RouterLLM(conversation, events))
+            closed = asyncio.Event()
+            session.on("close", lambda _event: closed.set())
+            await session.start(agent=Agent(instructions="Duet support"), room=ctx.room)
+            await closed.wait()
+
+
+def run_worker(settings: Settings) -> int:
+    """Run the worker until interrupted (``livekit.agents.cli`` handles signals)."""
+    from livekit.agents import AgentServer, cli
 
     server = AgentServer(
         ws_url=settings.livekit_url, api_key=settings.livekit_api_key,
         api_secret=(settings.livekit_api_secret.get_secret_value()
-                    if settings.livekit_api_secret else None))
-
-    def setup(proc: JobProcess) -> None:
-        proc.userdata["speech"] = Speech.load(settings)
-
-    server.setup_fnc = setup
-
-    @server.rtc_session()
-    async def entrypoint(ctx: JobContext) -> None:
-        speech = ctx.proc.userdata["speech"]
-        await speech.warm()
-        await ctx.connect()
-        participant = await ctx.wait_for_participant()
-        async with _chat_stack(settings) as state:
-            identity = Identity.for_channel(participant.identity)
-            token = participant.attributes.get("customer_token")
-            if token:
-                with contextlib.suppress(Exception):
-                    identity = state.customer_tokens.verify(token)  # type: ignore[attr-defined]
-            conversation = await state.chat.open(identity, channel="livekit")  # type: ignore[attr-defined]
-            async with conversation.events() as events:
-                session = build_session(speech, RouterLLM(conversation, events))
-                await session.start(agent=Agent(instructions="Duet support"), room=ctx.room)
-                closed = __import__("asyncio").Event()
-                session.on("close", lambda _ev: closed.set())
-                await closed.wait()
-
+                    if settings.livekit_api_secret else None),
+        setup_fnc=_setup,
+        # Each job process holds the speech models (~300 MB) and loads them in seconds.
+        num_idle_processes=1, initialize_process_timeout=120.0)
+    server.rtc_session()(_entrypoint)
     sys.argv = [sys.argv[0], "start"]
     cli.run_app(server)
     return 0
