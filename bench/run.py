@@ -2,7 +2,7 @@
 
 Each benchmark writes its figures to ``bench-results/NAME.json``; the table at the end is
 read back from those files. A benchmark that fails is reported and the others still run
-(the exit status says so). Names: ingest, query, chat, stackfaq (default: all).
+(the exit status says so). Names: ingest, query, chat, stackfaq, ingest_under_load, voice (default: all).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ BENCHES = {
     "chat": "bench.chat_bench",
     "stackfaq": "bench.stackfaq_bench",
     "ingest_under_load": "bench.ingest_under_load",
+    "voice": "bench.voice_bench",
 }
 
 
@@ -92,6 +93,20 @@ def summary_rows() -> list[tuple[str, str, str]]:
             rows.append(("stackfaq", f"{name}: MRR@10 · R@1 · R@5 · ms/query",
                          f"{value['mrr@10']} · {value['recall@1']} · {value['recall@5']} · "
                          f"{value['ms_per_query']['p50']}"))
+    if (r := _load("voice_wer")) is not None:
+        for name, value in r.items():
+            rows.append(("voice", f"WER {name}: sized window · fixed 30 s (utterances)",
+                         f"{value['sized_window']['wer_utterances']} · "
+                         f"{value['fixed_30s_window']['wer_utterances']}"))
+    if (r := _load("voice_latency")) is not None:
+        for key in ("1_caller_idle", "1_caller_under_ingest_load", "10_callers_under_ingest_load"):
+            value = r.get(key) or {}
+            rows.append(("voice", f"{key.replace('_', ' ')}: speech end → first audio, ms "
+                         "p50 / p90", _p(value.get("speech_end_to_first_audio_ms (client)"),
+                                         "p50", "p90")))
+            rows.append(("voice", f"{key.replace('_', ' ')}: speech end → answer audio, ms "
+                         "p50 / p90", _p(value.get("speech_end_to_answer_audio_ms (client)"),
+                                         "p50", "p90")))
     return rows
 
 

@@ -97,10 +97,12 @@ class VoiceClient:
         """Stream silence in real time."""
         await self.stream(b"\x00\x00" * int(seconds * rate), rate)
 
-    async def wait_for(self, predicate: Any, timeout_s: float = 30.0) -> dict[str, Any]:
-        """The first event (in arrival order) for which ``predicate`` is true."""
+    async def wait_for(self, predicate: Any, timeout_s: float = 30.0, *,
+                       since: int = 0) -> dict[str, Any]:
+        """The first event (in arrival order, from index ``since``) for which ``predicate``
+        is true."""
         deadline = time.monotonic() + timeout_s
-        seen = 0
+        seen = since
         while True:
             for event in self.events[seen:]:
                 if predicate(event):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,10 @@ from gateway.channel import Channel
 from gateway.state import AppState
 
 if TYPE_CHECKING:
+    from channels.voice.speech import SpeechLoader
     from channels.voice.ws import VoiceCalls
+
+log = logging.getLogger("duet.voice")
 
 __all__ = ["VoiceChannel", "channel"]
 
@@ -65,13 +69,22 @@ class VoiceChannel(Channel):
         self.calls = VoiceCalls(loader, self.settings.voice_max_calls)
         try:
             async with asyncio.TaskGroup() as group:
-                preload = group.create_task(loader.get()) if self.settings.voice_preload else None
+                preload = (group.create_task(_preload(loader))
+                           if self.settings.voice_preload else None)
                 yield
                 if preload is not None:
                     preload.cancel()
         finally:
             self.calls = None
             loader.close()
+
+
+async def _preload(loader: SpeechLoader) -> None:
+    """Load the models now; a failure is logged (calls then get ``speech_unavailable``)."""
+    try:
+        await loader.get()
+    except Exception:
+        log.exception("speech models failed to load")
 
 
 def channel(settings: Settings) -> Channel:
