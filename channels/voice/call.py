@@ -120,8 +120,8 @@ class _Speak:
     epoch: int
     text: str
     turn: _TurnAudio | None
-    #: The audio, or a task that makes it.
-    audio: bytes | asyncio.Task[bytes]
+    #: The audio, or None until it is synthesized.
+    audio: bytes | None
     kind: str
 
 
@@ -144,6 +144,9 @@ class Call:
         self._audio_in: deque[np.ndarray] = deque(maxlen=AUDIO_QUEUE_FRAMES)
         self._audio_ready = asyncio.Event()
         self._speak_queue: asyncio.Queue[_Speak] = asyncio.Queue(maxsize=64)
+        # Synthesized speech waiting to be played: one piece ahead of the one playing, so
+        # a caller's long answer never holds the TTS threads that other callers wait for.
+        self._audio_queue: asyncio.Queue[_Speak] = asyncio.Queue(maxsize=1)
         self._group: asyncio.TaskGroup | None = None
         self._epoch = 0
         self._turns: dict[str, _TurnAudio] = {}
@@ -155,6 +158,7 @@ class Call:
         self._submit_lock = asyncio.Lock()
         self._playing: _Speak | None = None
         self._spoken: list[str] = []
+        self._spoken_turn: _TurnAudio | None = None
         self._last_activity = clock()
         self._closed = asyncio.Event()
 
@@ -193,6 +197,7 @@ class Call:
                 self._group = group
                 group.create_task(self._listen())
                 group.create_task(self._render(events))
+                group.create_task(self._synthesize_ahead())
                 group.create_task(self._speak())
                 await self._closed.wait()
                 raise _HangUp  # the task group cancels every task of the call
@@ -359,11 +364,13 @@ class Call:
         self._withdraw()
         turn = self._current
         pending = turn is not None and not turn.ended and turn.confirmed
-        playing = self._playing is not None or not self._speak_queue.empty()
+        playing = (self._playing is not None or not self._speak_queue.empty()
+                   or not self._audio_queue.empty())
         if not (pending or playing):
             return
         self.stats.barge_ins += 1
-        if not self._spoken and self._utterance is not None and pending:
+        heard = bool(self._spoken) and self._spoken_turn is turn
+        if not heard and self._utterance is not None and pending:
             # Nothing of the reply was heard: the caller had only paused, and the new
             # speech continues the same utterance.
             self._carry = self._utterance.audio
@@ -373,23 +380,22 @@ class Call:
 
     def _stop_audio(self) -> None:
         spoken = " ".join(self._spoken)
+        turn = self._spoken_turn or self._current
         self._epoch += 1
         self._drain_speak_queue()
         was_playing = self._playing is not None
         self._playing = None
-        self._spoken = []
+        self._spoken, self._spoken_turn = [], None
         if was_playing or spoken:
-            turn = self._current
             assert self._group is not None
             self._group.create_task(self.output.send_event(
                 {"type": "audio_clear", "turn_id": turn.turn_id if turn else None,
                  "spoken": spoken}))
 
     def _drain_speak_queue(self) -> None:
-        while not self._speak_queue.empty():
-            item = self._speak_queue.get_nowait()
-            if isinstance(item.audio, asyncio.Task):
-                item.audio.cancel()
+        for queue in (self._speak_queue, self._audio_queue):
+            while not queue.empty():
+                queue.get_nowait()
 
     # --- render --------------------------------------------------------------------------
 
@@ -437,10 +443,7 @@ class Call:
         await self._say(text, turn, kind="ack")
 
     async def _say(self, text: str, turn: _TurnAudio | None, *, kind: str) -> None:
-        assert self._group is not None
-        audio: bytes | asyncio.Task[bytes]
-        audio = self._group.create_task(self._synthesize(text)) if text else b""
-        await self._enqueue(_Speak(self._epoch, text, turn, audio, kind))
+        await self._enqueue(_Speak(self._epoch, text, turn, None if text else b"", kind))
 
     async def _synthesize(self, text: str) -> bytes:
         try:
@@ -461,24 +464,23 @@ class Call:
         origin = 0.0
         sent_s = 0.0  # audio sent since `origin`
         while True:
-            item = await self._speak_queue.get()
+            item = await self._audio_queue.get()
             if item.epoch != self._epoch:
                 continue
             turn = item.turn
             if turn is not None:
                 await turn.decided.wait()
                 if not turn.confirmed or item.epoch != self._epoch:
-                    self._cancel_audio(item)
                     continue
-            audio = item.audio if isinstance(item.audio, bytes) else await item.audio
-            if item.epoch != self._epoch:
-                continue
+            audio = item.audio or b""
             if item.kind == "done":
                 if turn is not None and "answer_audio" not in turn.timings:
                     await self._send_timings(turn)  # a reply with no answer audio
                 continue
             if not audio:
                 continue
+            if turn is not self._spoken_turn:  # a new reply: what was heard starts over
+                self._spoken_turn, self._spoken = turn, []
             self._playing = item
             self._spoken.append(item.text)
             now = self.clock()
@@ -501,13 +503,17 @@ class Call:
             self._last_activity = self.clock()
             if self._playing is item:
                 self._playing = None
-            if item.epoch == self._epoch and self._speak_queue.empty():
-                self._spoken = []
 
-    @staticmethod
-    def _cancel_audio(item: _Speak) -> None:
-        if isinstance(item.audio, asyncio.Task):
-            item.audio.cancel()
+    async def _synthesize_ahead(self) -> None:
+        """Text → speech, one piece ahead of the speaker (backpressure from its queue)."""
+        while True:
+            item = await self._speak_queue.get()
+            if item.epoch != self._epoch:
+                continue
+            if item.audio is None:
+                item.audio = await self._synthesize(item.text)
+            if item.epoch == self._epoch:
+                await self._audio_queue.put(item)
 
     async def _send_timings(self, turn: _TurnAudio) -> None:
         await self.output.send_event({"type": "voice_timings", "turn_id": turn.turn_id,

@@ -31,19 +31,33 @@ __all__ = ["PiperTTS", "SentenceSplitter", "SynthesisStream", "TextToSpeech"]
 log = logging.getLogger("duet.voice")
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])[\"')\]]*\s+")
+_CLAUSE_END = re.compile(r"(?<=[,;:])\s+")
 
 
 class SentenceSplitter:
-    """Cuts streamed text into sentences as soon as each one is complete."""
+    """Cuts streamed text into sentences as soon as each one is complete.
 
-    def __init__(self, min_chars: int = 12) -> None:
+    The first piece is cut short at a clause (a comma after ``first_clause_chars``), so
+    the first audio of a long first sentence does not wait for all of it.
+    """
+
+    def __init__(self, min_chars: int = 12, first_clause_chars: int = 24) -> None:
         self._buffer = ""
         self._min_chars = min_chars
+        self._first_clause_chars = first_clause_chars
+        self._emitted = 0
 
     def push(self, text: str) -> list[str]:
-        """Add text; returns the sentences it completed."""
+        """Add text; returns the sentences (or first clause) it completed."""
         self._buffer += text
         out: list[str] = []
+        if self._emitted == 0:
+            lead = len(self._buffer) - len(self._buffer.lstrip())
+            clause = _CLAUSE_END.search(self._buffer, lead + self._first_clause_chars)
+            sentence = _SENTENCE_END.search(self._buffer, lead + self._min_chars)
+            if clause is not None and (sentence is None or clause.end() < sentence.start()):
+                out.append(self._buffer[:clause.end()].strip())
+                self._buffer = self._buffer[clause.end():]
         start = 0
         for match in _SENTENCE_END.finditer(self._buffer):
             piece = self._buffer[start:match.end()].strip()
@@ -51,6 +65,7 @@ class SentenceSplitter:
                 out.append(piece)
                 start = match.end()
         self._buffer = self._buffer[start:]
+        self._emitted += len(out)
         return out
 
     def flush(self) -> str:

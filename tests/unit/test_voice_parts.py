@@ -101,10 +101,18 @@ def test_any_chunk_size_is_scored_window_by_window() -> None:
 def test_sentences_are_cut_as_soon_as_they_are_complete() -> None:
     splitter = SentenceSplitter()
     assert splitter.push("Hold the reset button for 15 sec") == []
-    assert splitter.push("onds. Then wait 5 minutes. The LED") == [
-        "Hold the reset button for 15 seconds.", "Then wait 5 minutes."]
+    assert splitter.push("onds. Then wait 5 minutes, or until the LED flashes. The LED") == [
+        "Hold the reset button for 15 seconds.", "Then wait 5 minutes, or until the LED flashes."]
     assert splitter.flush() == "The LED"
     assert splitter.push("Version 2.5 is out. ") == ["Version 2.5 is out."]
+
+
+def test_a_long_first_sentence_is_spoken_from_its_first_clause() -> None:
+    splitter = SentenceSplitter()
+    assert splitter.push(" Opened items can be returned as long as all parts are present, "
+                         "including the power adapter, and the box. Then more, and more. ") == [
+        "Opened items can be returned as long as all parts are present,",
+        "including the power adapter, and the box.", "Then more, and more."]
 
 
 def test_decoding_loops_are_cut_and_transcripts_compare_by_words() -> None:
