@@ -11,7 +11,8 @@
    the server reports its stages (end of turn, final transcript, submitted, ack text and
    audio, answer text and audio). One caller on an idle gateway, one caller while the
    ingest worker applies a stream of documents, and 10 callers at once under the same
-   ingest load. After the answer starts, the caller says ``cancel`` and asks again.
+   ingest load. Each question is the first of its own call (so it is acknowledged, never
+   a prefetch hit); the call hangs up once the answer starts playing.
 """
 
 from __future__ import annotations
@@ -101,28 +102,36 @@ async def word_error_rates() -> dict[str, Any]:
     return out
 
 
-async def _turns(client: VoiceClient, n: int, rng: random.Random) -> list[dict[str, Any]]:
-    """``n`` spoken questions on one call; each turn's client and server figures."""
+async def _turns(ws_url: str, n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """``n`` calls of one spoken question each (the first question of a call is never a
+    prefetch hit, so it is acknowledged); each turn's client and server figures."""
     clips = {q: read_wav(AUDIO_DIR / f"{q}.wav") for q in QUESTIONS}
     results = []
-    for i in range(n):
-        pcm, rate = clips[QUESTIONS[(i + rng.randrange(2)) % 2]]
-        seen_events, seen_audio = len(client.events), len(client.audio)
-        await client.stream(pcm, rate)
-        speech_end = client.speech_end
+    for _ in range(n):
+        pcm, rate = clips[rng.choice(QUESTIONS)]
+        client = await VoiceClient.connect(ws_url)
         try:
-            timings = await client.wait_for(lambda e: e["type"] == "voice_timings",
-                                            timeout_s=60, since=seen_events)
-        except AssertionError:
-            results.append({"error": "no reply"})
-            continue
-        first_audio = next((at for at, _ in client.audio[seen_audio:]), None)
-        results.append({
-            "first_audio_ms": round((first_audio - speech_end) * 1000, 1) if first_audio else None,
-            "answer_audio_ms": round((timings["_at"] - speech_end) * 1000, 1),
-            "server": timings["ms_after_speech_end"]})
-        await client.send(type="cancel")
-        await client.silence(0.6)
+            await client.wait_type("session", timeout_s=120)
+            await client.silence(0.3)
+            seen_events, seen_audio = len(client.events), len(client.audio)
+            await client.stream(pcm, rate)
+            speech_end = client.speech_end
+            try:
+                timings = await client.wait_for(lambda e: e["type"] == "voice_timings",
+                                                timeout_s=60, since=seen_events)
+            except AssertionError:
+                results.append({"error": "no reply"})
+                continue
+            first_audio = next((at for at, _ in client.audio[seen_audio:]), None)
+            results.append({
+                "first_audio_ms": (round((first_audio - speech_end) * 1000, 1)
+                                   if first_audio else None),
+                "answer_audio_ms": round((timings["_at"] - speech_end) * 1000, 1),
+                "acknowledged": any(e["type"] == "delta" and e["source"] == "ack"
+                                    for e in client.events[seen_events:]),
+                "server": timings["ms_after_speech_end"]})
+        finally:
+            await client.close()
     return results
 
 
@@ -133,6 +142,7 @@ def _report(turns: list[dict[str, Any]]) -> dict[str, Any]:
     stages = {s: summary([t["server"][s] for t in ok if s in t["server"]])
               for s in STAGES if any(s in t["server"] for t in ok)}
     return {"turns": len(turns), "failed": len(turns) - len(ok),
+            "acknowledged": sum(1 for t in ok if t["acknowledged"]),
             "speech_end_to_first_audio_ms (client)": summary(first) if first else None,
             "speech_end_to_answer_audio_ms (client)": summary(answer) if answer else None,
             "server_stages_ms_after_speech_end (p50 etc.)": stages}
@@ -153,17 +163,12 @@ async def _ingest_load(base: str, stop: asyncio.Event, lags: list[float]) -> Non
 
 async def _callers(ws_url: str, callers: int, turns: int) -> list[dict[str, Any]]:
     rng = random.Random(11)
-    clients = [await VoiceClient.connect(ws_url) for _ in range(callers)]
-    for c in clients:
-        await c.wait_type("session", timeout_s=120)
 
-    async def one(c: VoiceClient, delay: float) -> list[dict[str, Any]]:
-        await c.silence(delay)  # callers do not all speak on the same beat
-        return await _turns(c, turns, random.Random(rng.random()))
+    async def one(delay: float, seed: float) -> list[dict[str, Any]]:
+        await asyncio.sleep(delay)  # callers do not all speak on the same beat
+        return await _turns(ws_url, turns, random.Random(seed))
 
-    per = await asyncio.gather(*(one(c, 0.3 * i) for i, c in enumerate(clients)))
-    for c in clients:
-        await c.close()
+    per = await asyncio.gather(*(one(0.3 * i, rng.random()) for i in range(callers)))
     return [t for turns_ in per for t in turns_]
 
 
@@ -173,22 +178,21 @@ async def main() -> None:
     save("voice_wer", rates)
     env = {"DUET_VOICE_PRELOAD": "true", "DUET_CHAT_RATE_BURST": "1000",
            "DUET_CHAT_RATE_PER_S": "1000", "DUET_VOICE_MAX_CALLS": "64"}
+    load_at_start = os.getloadavg()[0]
     async with gateway_process(**env) as gw:
-        warm = await VoiceClient.connect(gw.ws_url)
-        await warm.wait_type("session", timeout_s=120)
-        await _turns(warm, 2, random.Random(1))  # warm-up, not reported
-        idle = await _turns(warm, 10, random.Random(2))
+        await _turns(gw.ws_url, 2, random.Random(1))  # warm-up, not reported
+        idle = await _turns(gw.ws_url, 10, random.Random(2))
         stop = asyncio.Event()
         lags: list[float] = []
         load = asyncio.create_task(_ingest_load(gw.base_url, stop, lags))
         await asyncio.sleep(2.0)
-        loaded = await _turns(warm, 10, random.Random(3))
-        await warm.close()
+        loaded = await _turns(gw.ws_url, 10, random.Random(3))
         many = await _callers(gw.ws_url, 10, 3)
         stop.set()
         await load
     save("voice_latency", {
-        "machine": {"cpus": os.cpu_count(), "load_average_1m_at_end": os.getloadavg()[0]},
+        "machine": {"cpus": os.cpu_count(), "load_average_1m_at_start": load_at_start,
+                    "load_average_1m_at_end": os.getloadavg()[0]},
         "targets_ms_p50": {"first_audio": 350, "answer_audio": 900},
         "1_caller_idle": _report(idle),
         "1_caller_under_ingest_load": _report(loaded),

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from channels.voice.executor import NORMAL, URGENT
 from channels.voice.speech import ACK_OPENERS, Speech
 from channels.voice.stt import normalize_transcript
 from channels.voice.tts import SentenceSplitter
@@ -123,6 +124,8 @@ class _Speak:
     #: The audio, or None until it is synthesized.
     audio: bytes | None
     kind: str
+    #: The first words of a reply: synthesized before other callers' later sentences.
+    urgent: bool = False
 
 
 class _HangUp(Exception):
@@ -159,6 +162,7 @@ class Call:
         self._playing: _Speak | None = None
         self._spoken: list[str] = []
         self._spoken_turn: _TurnAudio | None = None
+        self._started_speech: set[tuple[str, str]] = set()
         self._last_activity = clock()
         self._closed = asyncio.Event()
 
@@ -357,7 +361,8 @@ class Call:
         self._turns[turn.turn_id] = turn
         self._current = turn
         while len(self._turns) > 8:
-            self._turns.pop(next(iter(self._turns)))
+            old = self._turns.pop(next(iter(self._turns)))
+            self._started_speech -= {(old.turn_id, "ack"), (old.turn_id, "answer")}
 
     async def _barge_in(self) -> None:
         """The caller speaks: take back an unheard early turn, or stop the reply."""
@@ -443,11 +448,16 @@ class Call:
         await self._say(text, turn, kind="ack")
 
     async def _say(self, text: str, turn: _TurnAudio | None, *, kind: str) -> None:
-        await self._enqueue(_Speak(self._epoch, text, turn, None if text else b"", kind))
+        # The first piece of a reply's acknowledgment and of its answer go first.
+        key = (turn.turn_id if turn is not None else "", "ack" if kind == "ack" else "answer")
+        urgent = turn is None or key not in self._started_speech
+        self._started_speech.add(key)
+        await self._enqueue(_Speak(self._epoch, text, turn, None if text else b"", kind,
+                                   urgent))
 
-    async def _synthesize(self, text: str) -> bytes:
+    async def _synthesize(self, text: str, *, urgent: bool = False) -> bytes:
         try:
-            return await self.speech.tts.synthesize(text)
+            return await self.speech.tts.synthesize(text, priority=URGENT if urgent else NORMAL)
         except Exception:
             log.exception("synthesis failed", extra={"text": text[:80]})
             return b""
@@ -511,7 +521,7 @@ class Call:
             if item.epoch != self._epoch:
                 continue
             if item.audio is None:
-                item.audio = await self._synthesize(item.text)
+                item.audio = await self._synthesize(item.text, urgent=item.urgent)
             if item.epoch == self._epoch:
                 await self._audio_queue.put(item)
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from channels.voice.executor import NORMAL, URGENT, PriorityExecutor
 
 __all__ = ["SpeechToText", "WhisperSTT", "bundled_whisper_model", "drop_repeated_words", "drop_repeats",
            "normalize_transcript"]
@@ -47,7 +48,7 @@ class SpeechToText:
 
     def __init__(self, *, workers: int = 1) -> None:
         self.workers = workers
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="duet-stt")
+        self._executor = PriorityExecutor(workers, "duet-stt")
         self._busy = 0
 
     def _transcribe(self, audio: np.ndarray) -> str:
@@ -59,27 +60,28 @@ class SpeechToText:
         """Decodes running or queued now."""
         return self._busy
 
-    async def transcribe(self, audio: np.ndarray) -> str:
-        """The transcript of ``audio`` (waits for a free thread)."""
+    async def transcribe(self, audio: np.ndarray, *, priority: int = URGENT) -> str:
+        """The transcript of ``audio`` (waits for a thread; urgent work first)."""
         if len(audio) < SAMPLE_RATE // 10:
             return ""
         self._busy += 1
         try:
-            loop = asyncio.get_running_loop()
-            text = await loop.run_in_executor(self._executor, self._transcribe, audio)
+            future = self._executor.submit(self._transcribe, audio, priority=priority)
+            text = await asyncio.wrap_future(future)
         finally:
             self._busy -= 1
         return text.strip()
 
     async def transcribe_interim(self, audio: np.ndarray) -> str | None:
-        """The transcript of ``audio`` if a thread is free now, else ``None``."""
-        if self._busy >= self.workers:
+        """The transcript of ``audio`` if a thread is free now with one left for final
+        transcripts, else ``None`` (interims are skipped, never queued)."""
+        if self._busy >= max(1, self.workers - 1):
             return None
-        return await self.transcribe(audio)
+        return await self.transcribe(audio, priority=NORMAL)
 
     def close(self) -> None:
         """Let the threads go (a decode in progress finishes on its own)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown()
 
 
 class WhisperSTT(SpeechToText):

