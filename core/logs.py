@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
+from collections.abc import Iterator
 
-__all__ = ["configure_logging"]
+__all__ = ["RedactTokens", "configure_logging", "redacted_server_logs"]
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -29,3 +32,33 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     for noisy in ("chromadb", "httpx", "uvicorn.access", "nats"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+_TOKEN = re.compile(r"([?&]token=)[^&\s\"']+")
+
+
+class RedactTokens(logging.Filter):
+    """Blank ``?token=`` values in log lines: the HTTP server logs each accepted websocket
+    with its query string, and browsers can pass an operator token only that way."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = _TOKEN.sub(r"\1<redacted>", record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_TOKEN.sub(r"\1<redacted>", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
+@contextlib.contextmanager
+def redacted_server_logs() -> Iterator[None]:
+    """While the gateway runs, no server log line shows a token from a URL."""
+    redact = RedactTokens()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "uvicorn.access")]
+    for logger in loggers:
+        logger.addFilter(redact)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(redact)

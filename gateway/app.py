@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 
+from core.logs import redacted_server_logs
 from core.metrics import Metrics
 from core.natsd import EmbeddedNats, redact_url, write_private
 from core.settings import CONFIGS_DIR, Settings
@@ -56,6 +57,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None,
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            stack.enter_context(redacted_server_logs())
             nats_url = settings.nats_url
             if not nats_url:
                 server = await stack.enter_async_context(EmbeddedNats(settings.nats_dir))

@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import expect
 
-from channels.console import RedactTokens
+from core.logs import RedactTokens
 from core.natsd import EmbeddedNats
 from tests.conftest import Gateway, make_settings, run_gateway
 from tests.e2e.test_supervisor import ALICE, BOB, DOC, customer

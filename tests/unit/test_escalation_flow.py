@@ -226,7 +226,7 @@ async def test_a_long_wait_is_told_once_with_a_way_out(world) -> None:
 def test_console_tokens_never_reach_the_log() -> None:
     import logging
 
-    from channels.console import RedactTokens
+    from core.logs import RedactTokens
 
     record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1,
                                '%s - "WebSocket %s" [accepted]',
