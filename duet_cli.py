@@ -1,4 +1,5 @@
-"""The ``duet`` command: ``serve``, ``ingest-worker``, ``load DIR``, ``chat``, ``token``."""
+"""The ``duet`` command: ``serve``, ``ingest-worker``, ``load DIR``, ``chat``, ``token``,
+``voice-worker``."""
 
 from __future__ import annotations
 
@@ -111,6 +112,16 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _voice_worker() -> int:
+    from channels.livekit.worker import run_worker
+    from core.errors import ValidationError
+
+    settings = _settings()
+    if not settings.livekit_url:
+        raise ValidationError("no LiveKit server: set DUET_LIVEKIT_URL (and its API key/secret)")
+    return run_worker(settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``duet`` command."""
     parser = argparse.ArgumentParser(prog="duet", description="Duet support gateway")
@@ -140,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
     token.add_argument("--private-key", metavar="FILE", default=None,
                        help="PEM RSA/EC private key: sign RS256/ES256 instead of HS256")
+    sub.add_parser("voice-worker", help="answer callers in LiveKit rooms (DUET_LIVEKIT_URL)")
     args = parser.parse_args(argv)
 
     from core.errors import DuetError
@@ -151,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             return _chat(args)
         if args.command == "token":
             return _token(args)
+        if args.command == "voice-worker":
+            return _voice_worker()
         if args.command == "ingest-worker":
             with contextlib.suppress(KeyboardInterrupt):
                 return asyncio.run(_worker_main())

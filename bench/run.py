@@ -3,7 +3,7 @@
 Each benchmark writes its figures to ``bench-results/NAME.json``; the table at the end is
 read back from those files. A benchmark that fails is reported and the others still run
 (the exit status says so). Names: ingest, query, chat, stackfaq, answers,
-ingest_under_load, whatsapp, widget (default: all).
+ingest_under_load, whatsapp, widget, supervisor, voice (default: all).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ BENCHES = {
     "ingest_under_load": "bench.ingest_under_load",
     "whatsapp": "bench.whatsapp_bench",
     "widget": "bench.widget_bench",
+    "supervisor": "bench.supervisor_bench",
+    "voice": "bench.voice_bench",
 }
 
 
@@ -97,8 +99,13 @@ def summary_rows() -> list[tuple[str, str, str]]:
                          f"{value['mrr@10']} · {value['recall@1']} · {value['recall@5']} · "
                          f"{value['ms_per_query']['p50']}"))
     if (r := _load("answers")) is not None:
+        for corpus, f in (r.get("acknowledgments") or {}).items():
+            rows.append(("answers", f"{corpus}: acknowledgments naming a KB topic · naming "
+                         "what neither message nor KB has",
+                         f"{f.get('naming_a_kb_topic')}/{f.get('acknowledgments')} · "
+                         f"{f.get('naming_what_neither_message_nor_kb_has')}"))
         for variant, figures in r.items():
-            if variant == "corpora" or not isinstance(figures, dict):
+            if variant in ("corpora", "acknowledgments") or not isinstance(figures, dict):
                 continue
             for corpus, f in figures.items():
                 rows.append(("answers", f"{variant}, {corpus}: facts · citations · "
@@ -120,6 +127,20 @@ def summary_rows() -> list[tuple[str, str, str]]:
     if (r := _load("widget_latency")) is not None:
         rows.append(("widget", "Enter → first visible ack (browser), ms p50 / p90",
                      _p(r.get("enter_to_first_visible_ack_ms"), "p50", "p90")))
+    if (r := _load("voice_wer")) is not None:
+        for name, value in r.items():
+            rows.append(("voice", f"WER {name}: sized window · fixed 30 s (utterances)",
+                         f"{value['sized_window']['wer_utterances']} · "
+                         f"{value['fixed_30s_window']['wer_utterances']}"))
+    if (r := _load("voice_latency")) is not None:
+        for key in ("1_caller_idle", "1_caller_under_ingest_load", "10_callers_under_ingest_load"):
+            value = r.get(key) or {}
+            rows.append(("voice", f"{key.replace('_', ' ')}: speech end → first audio, ms "
+                         "p50 / p90", _p(value.get("speech_end_to_first_audio_ms (client)"),
+                                         "p50", "p90")))
+            rows.append(("voice", f"{key.replace('_', ' ')}: speech end → answer audio, ms "
+                         "p50 / p90", _p(value.get("speech_end_to_answer_audio_ms (client)"),
+                                         "p50", "p90")))
     return rows
 
 

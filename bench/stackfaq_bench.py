@@ -7,8 +7,8 @@ paraphrase (``rephr``; the ``*`` placeholders skipped) is ranked against the thr
 
 * **production**: the retrieval agent's own ranking (``RetrieveNode._search`` and
   ``_result`` on a first-turn query: 16 dense candidates, the BM25 tie-breaker and
-  identifier candidates, a document scoring as its best chunk, the title blend, then the
-  passage re-ranking of the top documents);
+  identifier candidates, a document scoring as its best chunk, the title blend; the
+  opt-in passage re-ranking of the top documents is an ablation);
 * **dense**: ``KnowledgeBase.search_vector`` alone (16 chunks), document = best chunk;
 * **bm25 (threads)**: ``bm25s`` over whole threads with plain lower-case word tokens
   (the MEASURED.md baseline);
@@ -162,7 +162,7 @@ async def main() -> None:
         passages = ExtractiveGenerator(kb.embedder)
 
         def production(weights: FusionWeights | None = None, k: int = 16,
-                       rerank: PassageReranker | None | bool = True
+                       rerank: PassageReranker | None | bool = False
                        ) -> Callable[[str], list[str]]:
             if rerank is True:
                 rerank = PassageReranker(passages, titles=TitleBlend(kb.embedder))
@@ -248,7 +248,7 @@ async def main() -> None:
 
         ablations: dict[str, Any] = {}
         for label, rank_fn in (
-            ("no passage re-ranking", production(rerank=False)),
+            ("passage re-ranking (DUET_RERANK_PASSAGES=true)", production(rerank=True)),
             ("passage re-ranking without the title as a passage",
              production(rerank=PassageReranker(passages))),
             ("passage re-ranking weight 0.3", production(rerank=PassageReranker(

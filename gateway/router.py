@@ -13,7 +13,8 @@ Who answers depends on the conversation's state (:mod:`gateway.escalations`): wi
 a turn runs as above (a human-only topic gets an honest word and goes to a person instead);
 while waiting for a person, the bot answers no facts: it keeps the message for the
 supervisor and says where the customer stands (or hands back to the bot when asked); while
-a person holds it, the message is only logged (the supervisor's socket shows it).
+a person holds it, the message is logged (the supervisor's socket shows it) and the bot's
+turn ends at once in a ``done`` marked ``cancelled``.
 """
 
 from __future__ import annotations
@@ -114,10 +115,11 @@ class TurnRouter:
         state = self.escalations.state(session.id)
         await session.emit(UserMessage(turn_id=turn.turn_id, text=text, id=message_id))
         if state is ConversationState.human:
-            # the person holding the conversation answers; the bot's turn is empty
+            # the person holding the conversation answers: the bot's turn is called off
             turn.finished = True
             self.metrics.turns.labels("human").inc()
-            await session.emit(Done(turn_id=turn.turn_id, text="", timings_ms=turn.timings()))
+            await session.emit(Done(turn_id=turn.turn_id, text="", cancelled=True,
+                                    timings_ms=turn.timings()))
             session.start(self.escalations.note_message(session.id, text))
         elif state is ConversationState.waiting:
             session.start(self._waiting(session, turn), turn=turn)
@@ -128,9 +130,10 @@ class TurnRouter:
         return turn.turn_id
 
     async def say(self, session: Session, turn: Turn, text: str) -> None:
-        """A turn answered by the gateway itself: one ``system`` delta and its ``done``."""
+        """A turn the bot answers with its own words, no facts (waiting, a human-only topic,
+        back to the bot): one ``answer`` delta and its ``done`` (no citations, no decision)."""
         turn.parts.append(text)
-        await session.emit(Delta(turn_id=turn.turn_id, source="system", text=text))
+        await session.emit(Delta(turn_id=turn.turn_id, source="answer", text=text))
         turn.finished = True
         await session.emit(Done(turn_id=turn.turn_id, text=text, timings_ms=turn.timings()))
 
@@ -146,7 +149,8 @@ class TurnRouter:
         record = await self.escalations.leave_message(session.id, turn.text)
         if record is None or record.state is not ConversationState.waiting:
             turn.finished = True  # claimed meanwhile: the person answers
-            await session.emit(Done(turn_id=turn.turn_id, text="", timings_ms=turn.timings()))
+            await session.emit(Done(turn_id=turn.turn_id, text="", cancelled=True,
+                                    timings_ms=turn.timings()))
             return
         online = await self.escalations.online()
         await self.say(session, turn, handoff.still_waiting(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from types import TracebackType
 
@@ -28,9 +27,9 @@ from core.metrics import Metrics
 from gateway import handoff
 from gateway.auth import Identity
 from gateway.escalations import Change, ConversationState, EscalationQueue
-from gateway.events import ErrorEvent, ServerEvent, SessionOpened
+from gateway.events import Delta, ErrorEvent, ServerEvent, SessionOpened
 from gateway.protocol import ErrorCode, ProtocolError, check_text
-from gateway.router import Turn, TurnRouter
+from gateway.router import TurnRouter
 from gateway.sessions import Session, Sessions
 
 __all__ = ["ChatService", "Conversation", "EventStream"]
@@ -70,8 +69,8 @@ class ChatService:
             session = await self.sessions.get(record.session_id)
             if session is None:
                 continue
-            turn = Turn(uuid.uuid4().hex[:16], "", clock=self.router.clock)
-            await self.router.say(session, turn, handoff.timed_out(round(timeout_s / 60, 1)))
+            await session.emit(Delta(source="system",
+                                     text=handoff.timed_out(round(timeout_s / 60, 1))))
             await self.router.audit.record("system", "timeout", session.id,
                                            waited_s=round(timeout_s, 1))
             told += 1

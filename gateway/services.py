@@ -33,7 +33,8 @@ async def chat_services(state: AppState) -> AsyncIterator[ChatService]:
     policy = EscalationPolicy(low_confidence_turns=settings.low_confidence_turns)
     human_only = await asyncio.to_thread(HumanOnlyTopics.load, settings.human_only_topics)
     agent = RetrievalAgent(kb, generator=build_generator(settings), journeys=Journeys.load(),
-                           policy=policy, metrics=state.metrics)
+                           policy=policy, metrics=state.metrics,
+                           rerank=settings.rerank_passages)
     journal = None
     if settings.durable_sessions:
         journal = await SessionJournal.open(

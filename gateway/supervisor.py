@@ -47,7 +47,6 @@ from gateway.events import (
     Done,
     Escalated,
     ServerEvent,
-    Timings,
     UserMessage,
 )
 from gateway.protocol import SESSION_ID_PATTERN, ErrorCode, ProtocolError, check_text
@@ -139,7 +138,10 @@ def transcript(events: Sequence[ServerEvent]) -> tuple[list[dict[str, Any]],
     for event in events:
         if isinstance(event, UserMessage):
             lines.append({"seq": event.seq, "role": "customer", "text": event.text})
-        elif isinstance(event, Delta) and event.turn_id is not None:
+        elif isinstance(event, Delta) and event.turn_id is None:
+            if event.source in ("human", "system"):  # words of their own, outside a turn
+                lines.append({"seq": event.seq, "role": event.source, "text": event.text})
+        elif isinstance(event, Delta):
             sources.setdefault(event.turn_id, event.source)
         elif isinstance(event, Done) and event.text and not event.cancelled:
             source = sources.get(event.turn_id or "", "answer")
@@ -184,7 +186,12 @@ class SupervisorDesk:
                 "online": await self.queue.online()}
 
     async def session(self, session_id: str) -> Session:
-        """The session (loaded here if another process holds it)."""
+        """The session (loaded here if another process holds it). One held here needs no
+        refresh: its appends are compare-and-set, so an emit after another process's
+        events reads them first."""
+        held = self.chat.sessions.held(session_id)
+        if held is not None:
+            return held
         session = await self.chat.sessions.get(session_id)
         if session is None:
             raise ProtocolError("unknown_session", "no such conversation")
@@ -200,8 +207,8 @@ class SupervisorDesk:
         session = await self.session(session_id)
         await self.chat.router.cancel(session)  # a bot turn in progress here stops
         session.escalated = True
-        await session.emit(AgentJoined(agent=AgentRef(id=agent, name=agent)))
-        await self.audit.record(agent, "claim", session_id)
+        await asyncio.gather(session.emit(AgentJoined(agent=AgentRef(id=agent, name=agent))),
+                             self.audit.record(agent, "claim", session_id))
         return session
 
     def conversation(self, session: Session, record: ConversationRecord | None
@@ -224,17 +231,16 @@ class SupervisorDesk:
         return await self.session(session_id)
 
     async def send(self, agent: str, session_id: str, text: str) -> None:
-        """A person's words to the customer: a ``human`` delta and its ``done``."""
+        """A person's words to the customer: a ``human`` delta of its own (no turn)."""
         check_text(text)
         session = await self._holder(agent, session_id, "message")
-        turn_id = "h" + uuid.uuid4().hex[:15]
-        await session.emit(Delta(turn_id=turn_id, source="human", text=text))
-        await session.emit(Done(turn_id=turn_id, text=text, timings_ms=Timings(total=0.0)))
-        await self.audit.record(agent, "message", session_id, chars=len(text))
+        await asyncio.gather(session.emit(Delta(source="human", text=text)),
+                             self.audit.record(agent, "message", session_id, chars=len(text)))
 
     async def release(self, agent: str, session_id: str) -> None:
         """human → bot; the person's exchange goes into the bot's history first."""
         session = await self._holder(agent, session_id, "release")
+        await session.refresh()  # every customer message, wherever it was written
         self._keep_exchange(session)
         await session.save()
         await self.queue.release(session_id, agent)
@@ -246,6 +252,7 @@ class SupervisorDesk:
     async def close(self, agent: str, session_id: str) -> None:
         """human → closed."""
         session = await self._holder(agent, session_id, "close")
+        await session.refresh()  # every customer message, wherever it was written
         self._keep_exchange(session)
         await session.save()
         await self.queue.close(session_id, agent)
@@ -259,12 +266,10 @@ class SupervisorDesk:
         """Append what the customer and the person said since the person joined."""
         events = list(session.log)
         start = max((i for i, e in enumerate(events) if isinstance(e, AgentJoined)), default=-1)
-        human_turns = {e.turn_id for e in events[start + 1:]
-                       if isinstance(e, Delta) and e.source == "human"}
         for event in events[start + 1:]:
             if isinstance(event, UserMessage):
                 session.record.history.append(("user", event.text))
-            elif isinstance(event, Done) and event.turn_id in human_turns and event.text:
+            elif isinstance(event, Delta) and event.source == "human":
                 session.record.history.append(("assistant", event.text))
         del session.record.history[:-2 * HISTORY_TURNS]
 

@@ -34,7 +34,7 @@ class RetrievalAgent:
                  journeys: Journeys | None = None, policy: EscalationPolicy | None = None,
                  decision: DecisionPolicy | None = None, context: ContextPolicy | None = None,
                  fusion: FusionWeights | None = None, metrics: Metrics | None = None,
-                 search_k: int = 16, rerank: PassageReranker | bool = True) -> None:
+                 search_k: int = 16, rerank: PassageReranker | bool = False) -> None:
         self.kb = kb
         self.keyword = KeywordIndex(kb)
         self.extractive = ExtractiveGenerator(kb.embedder)
@@ -43,6 +43,7 @@ class RetrievalAgent:
         elif isinstance(generator, ExtractiveGenerator):
             generator = generator.bind(kb.embedder)
         self.generator = generator
+        # Passage re-ranking is opt-in (DUET_RERANK_PASSAGES): docs/answers.md has its cost.
         if rerank is True:
             rerank = PassageReranker(self.extractive, titles=TitleBlend(kb.embedder),
                                      document_share=self.keyword.document_share)

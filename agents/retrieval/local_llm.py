@@ -177,8 +177,8 @@ class LocalLLMGenerator:
     name = "local-llm"
 
     def __init__(self, model: LocalModel, *, max_tokens: int = 160, max_concurrent: int = 1,
-                 temperature: float = 0.0, max_passages: int = 3,
-                 max_passage_chars: int = 1000) -> None:
+                 temperature: float = 0.0, max_passages: int = 2,
+                 max_passage_chars: int = 700) -> None:
         self.model = model
         self.max_tokens = max_tokens
         self.max_passages = max_passages

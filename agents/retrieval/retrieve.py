@@ -55,6 +55,9 @@ class RetrieveNode:
             now = time.time()
             scored = fuse([rescore(self._kb, hit, sim, now=now) for hit, sim in cached], None)
             # every cached chunk's document is unchanged since it was loaded: current as of now
+            if self._passages is None:  # titles are cached: cheap enough for the loop
+                return self._result(rewrite.query, vector, scored, self._kb.as_of,
+                                    prefetch_hit=True)
             return await asyncio.to_thread(self._result, rewrite.query, vector, scored,
                                            self._kb.as_of, prefetch_hit=True)
         if turn.on_search is not None:

@@ -8,8 +8,12 @@ set headers on websockets); the socket refuses anyone else before the upgrade.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
@@ -19,7 +23,10 @@ from core.errors import NotFoundError
 from core.settings import Settings
 from gateway.channel import Channel
 
-__all__ = ["Console", "channel"]
+if TYPE_CHECKING:
+    from gateway.state import AppState
+
+__all__ = ["Console", "RedactTokens", "channel"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 _FILES = {"console.js": "text/javascript", "console.css": "text/css"}
@@ -53,6 +60,22 @@ async def asset(request: Request) -> Response:
     return FileResponse(STATIC / name, media_type=media_type, headers=_HEADERS)
 
 
+_TOKEN = re.compile(r"([?&]token=)[^&\s\"']+")
+
+
+class RedactTokens(logging.Filter):
+    """Blank ``?token=`` values in log lines: uvicorn logs each accepted websocket with its
+    query string, and browsers can only pass the supervisor token that way."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = _TOKEN.sub(r"\1<redacted>", record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_TOKEN.sub(r"\1<redacted>", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
 class Console(Channel):
     """``GET /console`` and its static files."""
 
@@ -62,6 +85,16 @@ class Console(Channel):
         return [Route("/console", page, methods=["GET"]),
                 Route("/console/", slash, methods=["GET"]),
                 Route("/console/{name}", asset, methods=["GET"])]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, state: AppState) -> AsyncIterator[None]:
+        redact = RedactTokens()
+        logger = logging.getLogger("uvicorn.error")
+        logger.addFilter(redact)
+        try:
+            yield
+        finally:
+            logger.removeFilter(redact)
 
 
 def channel(settings: Settings) -> Channel:

@@ -28,6 +28,18 @@ from tests.fakes import FakeLLM
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 SECRET = "chat-tests-signing-secret-0123456789abcdef"
+#: The article's sentences, which the slow model says back one by one (every one grounded,
+#: so the grounding check lets the whole long answer through).
+STEPS = ["Hold the reset button for 15 seconds until the LED flashes red.",
+         "Wait 5 minutes while the hub restarts.",
+         "Open the app on your phone.",
+         "Tap Add device and choose Hub.",
+         "Scan the code on the bottom of the hub.",
+         "Keep the phone close to the hub.",
+         "Pick your home network from the list.",
+         "Type the password of your home network.",
+         "Wait until the LED turns solid green.",
+         "Add your bulbs again from the Devices tab."]
 
 
 def token(sub: str, groups: list[str], ttl_s: float = 600) -> str:
@@ -66,7 +78,7 @@ async def slow_gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tup
     tmp = tmp_path_factory.mktemp("slow")
     llm = FakeLLM()
     llm.token_delay_s = 0.4
-    llm.tokens = [f"word{i} " for i in range(20)]
+    llm.tokens = [f"{step} " for step in STEPS]
     await llm.start()
     async with EmbeddedNats(tmp / "nats") as server:
         settings = make_settings(tmp, server.url, llm_base_url=llm.base_url,
@@ -74,8 +86,7 @@ async def slow_gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tup
         async with run_gateway(settings) as gateway, \
                 httpx.AsyncClient(base_url=gateway.base_url) as client:
             res = await client.post("/v1/documents", params={"wait": "true"}, json=doc(
-                "hub-reset", "# Resetting the hub\n\n## Factory reset\nHold the reset "
-                "button for 15 seconds until the LED flashes red, then wait 5 minutes."))
+                "hub-reset", "# Resetting the hub\n\n## Factory reset\n" + " ".join(STEPS)))
             assert res.status_code == 200
             yield gateway, llm
     await llm.close()
@@ -490,5 +501,5 @@ async def test_disconnect_mid_turn_then_resume_gets_the_rest(
     assert rest[0]["seq"] == last + 1
     assert [e["seq"] for e in rest] == list(range(last + 1, last + 1 + len(rest)))
     full = "".join(e["text"] for e in deltas(got + rest))
-    assert rest[-1]["text"] == full and "word19" in full
+    assert rest[-1]["text"] == full and STEPS[-1] in full
     await again.ws.close()

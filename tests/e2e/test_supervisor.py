@@ -149,12 +149,13 @@ async def test_escalate_claim_talk_release_end_to_end(gw: Gateway) -> None:
     assert draft["for_seq"] == said["seq"] and draft["as_of"]
     assert draft["citations"][0]["doc_id"] == "hub-reset" and draft["citations"][0]["version"] == 4
     held = await chat.until("done")
-    assert held["text"] == ""  # the bot stays out while a person holds it
+    assert held["text"] == "" and held["cancelled"]  # the bot stays out while a person holds it
     assert all(e["type"] != "suggestion" for e in chat.seen)
 
     await alice.send(type="message", session_id=sid, text="Hi, Alice here: about 5 minutes.")
     human = await chat.until("delta")
     assert human["source"] == "human" and human["text"] == "Hi, Alice here: about 5 minutes."
+    assert "turn_id" not in human  # a message of its own: no bot turn, no done
 
     await alice.send(type="release", session_id=sid)
     assert (await alice.until("released"))["session_id"] == sid

@@ -99,7 +99,8 @@ async def test_a_human_only_topic_is_not_answered_by_the_bot(world) -> None:
     conversation = await chat.open(Identity.anonymous_customer(), channel="web")
     events = await _turn(conversation, "Someone hacked my account and changed my password")
     assert _types(events) == ["user_message", "delta", "done", "escalated"]
-    assert events[1].source == "system" and "person" in events[1].text  # type: ignore[attr-defined]
+    assert events[1].source == "answer" and "person" in events[1].text  # type: ignore[attr-defined]
+    assert not events[2].citations and events[2].decision is None  # type: ignore[attr-defined]
     assert events[-1].reason == "account_takeover"  # type: ignore[attr-defined]
     assert retrieval.contexts == []  # no facts were looked up
     assert HumanOnlyTopics.load().match("I will file a chargeback") == "chargeback"
@@ -150,12 +151,14 @@ async def test_claim_message_release_and_the_bot_remembers_the_person(world) -> 
             await desk.send("alice", sid, "   ")
         assert empty.value.code == "empty_message"
         await desk.send("alice", sid, "Hi, I'm Alice. Which hub model is it?")
-        delta, done = await anext(events), await anext(events)
+        delta = await anext(events)
         assert isinstance(delta, Delta) and delta.source == "human" and "Alice" in delta.text
-        assert isinstance(done, Done) and done.turn_id == delta.turn_id
+        assert delta.turn_id is None  # a message of its own, not a bot turn
+        assert events.get_nowait() is None
     before = len(retrieval.contexts)
     held = await _turn(conversation, "It's the H2")
     assert _types(held) == ["user_message", "done"] and len(retrieval.contexts) == before
+    assert held[-1].cancelled and held[-1].text == ""  # type: ignore[attr-defined]
     suggestion = await desk.suggest(session, "It's the H2", held[0].seq)
     assert suggestion is not None and suggestion["citations"][0]["doc_id"] == "hub-reset"
     assert suggestion["as_of"] and suggestion["type"] == "suggestion"
@@ -213,8 +216,22 @@ async def test_a_long_wait_is_told_once_with_a_way_out(world) -> None:
         await anext(events)
         assert await chat.tell_timed_out(0.0) == 1
         assert await chat.tell_timed_out(0.0) == 0  # once
-        delta, done = await anext(events), await anext(events)
-    assert isinstance(delta, Delta) and delta.source == "system"
-    assert isinstance(done, Done) and "leave a message" in done.text
+        notice = await anext(events)
+    assert isinstance(notice, Delta) and notice.source == "system" and notice.turn_id is None
+    assert "leave a message" in notice.text and "back to the bot" in notice.text
     kept = await _turn(conversation, "Please call me back tomorrow")
     assert "kept your message" in kept[-1].text  # type: ignore[attr-defined]
+
+
+def test_console_tokens_never_reach_the_log() -> None:
+    import logging
+
+    from channels.console import RedactTokens
+
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1,
+                               '%s - "WebSocket %s" [accepted]',
+                               ("127.0.0.1:5", "/v1/supervisor?token=alice-secret-123&x=1"),
+                               None)
+    assert RedactTokens().filter(record)
+    assert "alice-secret" not in record.getMessage()
+    assert "token=<redacted>&x=1" in record.getMessage()

@@ -1,0 +1,530 @@
+"""One voice call over a conversation: hear turns, speak replies, yield to barge-in.
+
+A :class:`Call` is transport-agnostic: a transport feeds it the caller's audio
+(:meth:`Call.feed`, 16 kHz float32) and gives it a :class:`CallOutput` to send JSON
+events and speech through. Inside, one ``TaskGroup`` holds three loops:
+
+- **listen**: caller audio (a bounded queue that drops the oldest frames and counts the
+  drops) → the turn detector (Silero VAD on the VAD thread) → interim transcripts while
+  the caller speaks, the final transcript decoded from the first pause, a submitted turn;
+- **render**: the session's typed events → JSON to the caller, and text to speak:
+  ``Delta(ack)`` from the phrase cache, ``Delta(answer|human|system)`` sentence by sentence;
+- **speak**: synthesized speech sent in 20 ms frames, at most ``voice_playout_lead_ms``
+  ahead of real time, so a barge-in stops it within one frame.
+
+Turn-taking. At the first short pause (``pause_ms`` of silence) the utterance up to its
+last voiced sample is decoded: if the caller stays quiet, that audio *is* the turn, so
+this transcript is final. It is submitted as soon as it is ready — often before the
+end-of-turn silence has even passed — so the acknowledgment and the retrieval start
+early; nothing of that turn is spoken until the end of the turn is confirmed. If the
+caller speaks again first, the early turn is cancelled unheard and the new speech
+continues the same utterance.
+
+Barge-in. Speech from the caller while a reply is pending or playing stops the audio at
+the next frame, clears what the client buffered (``audio_clear``, with what was spoken),
+and cancels the turn; what was already said stays in the session's transcript.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from channels.voice.executor import NORMAL, URGENT
+from channels.voice.speech import ACK_OPENERS, Speech
+from channels.voice.stt import normalize_transcript
+from channels.voice.tts import SentenceSplitter
+from channels.voice.vad import SAMPLE_RATE, Pause, SpeechStarted, TurnEnded
+from gateway.events import Delta, Done, ServerEvent
+from gateway.protocol import ProtocolError
+from gateway.service import Conversation, EventStream
+
+__all__ = ["Call", "CallOutput", "CallStats"]
+
+log = logging.getLogger("duet.voice")
+
+FRAME_MS = 20
+AUDIO_QUEUE_FRAMES = 100  # ~2 s of 20 ms frames; a slower reader drops the oldest
+
+
+class CallOutput(Protocol):
+    """Where a call's events and speech go (a websocket, a LiveKit track)."""
+
+    async def send_event(self, data: dict[str, Any]) -> None:
+        """Send one JSON event."""
+
+    async def send_audio(self, pcm: bytes) -> None:
+        """Send ``pcm_s16le`` speech at the TTS sample rate."""
+
+
+@dataclass
+class CallStats:
+    """What a call counted."""
+
+    frames_in: int = 0
+    frames_dropped: int = 0
+    utterances: int = 0
+    early_turns: int = 0
+    withdrawn: int = 0
+    barge_ins: int = 0
+
+
+@dataclass
+class _TurnAudio:
+    """The call's view of one submitted turn."""
+
+    turn_id: str
+    #: Monotonic time of the last voiced sample of the utterance (the latency origin).
+    speech_end: float
+    #: Set when the turn may be heard (its end confirmed), or withdrawn.
+    decided: asyncio.Event = field(default_factory=asyncio.Event)
+    confirmed: bool = False
+    ended: bool = False
+    splitter: SentenceSplitter = field(default_factory=SentenceSplitter)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str, clock: Callable[[], float]) -> None:
+        if name not in self.timings:
+            self.timings[name] = round((clock() - self.speech_end) * 1000, 1)
+
+    def decide(self, confirmed: bool) -> None:
+        if not self.decided.is_set():
+            self.confirmed = confirmed
+            self.decided.set()
+
+
+@dataclass
+class _Utterance:
+    """A caller's utterance between its first pause and its settled turn."""
+
+    last_voiced: int
+    speech_end: float
+    audio: np.ndarray
+    ended: bool = False
+    withdrawn: bool = False
+    turn: _TurnAudio | None = None
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Speak:
+    """One piece of speech waiting for the speaker."""
+
+    epoch: int
+    text: str
+    turn: _TurnAudio | None
+    #: The audio, or None until it is synthesized.
+    audio: bytes | None
+    kind: str
+    #: The first words of a reply: synthesized before other callers' later sentences.
+    urgent: bool = False
+
+
+class _HangUp(Exception):
+    """The call is over: stop everything it started."""
+
+
+class Call:
+    """A voice call on one conversation."""
+
+    def __init__(self, speech: Speech, conversation: Conversation, output: CallOutput, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.speech = speech
+        self.settings = speech.settings
+        self.conversation = conversation
+        self.output = output
+        self.clock = clock
+        self.stats = CallStats()
+        self.detector = speech.detector()
+        self._audio_in: deque[np.ndarray] = deque(maxlen=AUDIO_QUEUE_FRAMES)
+        self._audio_ready = asyncio.Event()
+        self._speak_queue: asyncio.Queue[_Speak] = asyncio.Queue(maxsize=64)
+        # Synthesized speech waiting to be played: one piece ahead of the one playing, so
+        # a caller's long answer never holds the TTS threads that other callers wait for.
+        self._audio_queue: asyncio.Queue[_Speak] = asyncio.Queue(maxsize=1)
+        self._group: asyncio.TaskGroup | None = None
+        self._epoch = 0
+        self._turns: dict[str, _TurnAudio] = {}
+        self._current: _TurnAudio | None = None
+        self._utterance: _Utterance | None = None
+        self._interim_task: asyncio.Task[None] | None = None
+        self._last_interim_at = 0
+        self._carry = np.zeros(0, dtype=np.float32)
+        self._submit_lock = asyncio.Lock()
+        self._playing: _Speak | None = None
+        self._spoken: list[str] = []
+        self._spoken_turn: _TurnAudio | None = None
+        self._started_speech: set[tuple[str, str]] = set()
+        self._last_activity = clock()
+        self._closed = asyncio.Event()
+
+    # --- the transport's side ------------------------------------------------------------
+
+    def feed(self, samples: np.ndarray) -> None:
+        """The caller's next audio (16 kHz float32); the oldest is dropped when behind."""
+        self.stats.frames_in += 1
+        if len(self._audio_in) == self._audio_in.maxlen:
+            self.stats.frames_dropped += 1
+        self._audio_in.append(samples)
+        self._audio_ready.set()
+
+    async def say(self, text: str, *, message_id: str | None = None) -> str:
+        """A typed message from the caller (a ``message`` frame); its reply is spoken."""
+        async with self._submit_lock:
+            turn_id = await self.conversation.submit(text, message_id=message_id)
+            self._register(_TurnAudio(turn_id, self.clock()))
+            self._turns[turn_id].decide(True)
+            return turn_id
+
+    async def cancel(self) -> None:
+        """The caller asked to stop the reply (a ``cancel`` frame)."""
+        self._stop_audio()
+        await self.conversation.cancel()
+
+    def close(self) -> None:
+        """End the call (the transport is gone)."""
+        self._closed.set()
+        self._audio_ready.set()
+
+    async def run(self, events: EventStream) -> None:
+        """Listen, render and speak until :meth:`close` or the idle timeout."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                group.create_task(self._listen())
+                group.create_task(self._render(events))
+                group.create_task(self._synthesize_ahead())
+                group.create_task(self._speak())
+                await self._closed.wait()
+                raise _HangUp  # the task group cancels every task of the call
+        except* _HangUp:
+            pass
+        finally:
+            self._drain_speak_queue()
+            turn = self._current
+            if turn is not None and not turn.ended:  # a hung-up caller needs no answer
+                with contextlib.suppress(Exception):
+                    await self.conversation.cancel()
+
+    # --- listen --------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        idle_s = self.settings.voice_idle_timeout_s
+        while not self._closed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._audio_ready.wait(), timeout=min(idle_s, 5.0))
+            self._audio_ready.clear()
+            if self.clock() - self._last_activity > idle_s:
+                await self.output.send_event({"type": "error", "code": "idle_timeout",
+                                              "message": "no speech for a long time; "
+                                                         "the call is ended"})
+                self.close()
+                return
+            if not self._audio_in:
+                continue
+            chunk = np.concatenate(list(self._audio_in))
+            self._audio_in.clear()
+            events = await loop.run_in_executor(self.speech.vad_executor,
+                                                self.detector.push, chunk)
+            for event in events:
+                await self._on_vad(event)
+            if self.detector.speaking:
+                self._last_activity = self.clock()
+                self._maybe_interim()
+
+    def _speech_end_at(self, last_voiced: int) -> float:
+        """When the sample ``last_voiced`` reached us (the latency origin)."""
+        return self.clock() - (self.detector.samples_seen - last_voiced) / SAMPLE_RATE
+
+    async def _on_vad(self, event: SpeechStarted | Pause | TurnEnded) -> None:
+        if isinstance(event, SpeechStarted):
+            self._last_activity = self.clock()
+            self._last_interim_at = 0
+            await self._barge_in()
+        elif isinstance(event, Pause):
+            self._begin_utterance(event.audio, event.last_voiced)
+        elif isinstance(event, TurnEnded):
+            self.stats.utterances += 1
+            utterance = self._utterance
+            if utterance is None or utterance.last_voiced != event.last_voiced:
+                utterance = self._begin_utterance(event.audio, event.last_voiced)
+            utterance.ended = True
+            self._carry = np.zeros(0, dtype=np.float32)
+            if utterance.turn is not None:
+                utterance.turn.timings["end_of_turn"] = round(
+                    (self.clock() - utterance.speech_end) * 1000, 1)
+                utterance.turn.decide(True)
+
+    def _begin_utterance(self, audio: np.ndarray, last_voiced: int) -> _Utterance:
+        if self._interim_task is not None:
+            self._interim_task.cancel()
+            self._interim_task = None
+        self._withdraw()
+        utterance = _Utterance(last_voiced, self._speech_end_at(last_voiced),
+                               self._with_carry(audio))
+        self._utterance = utterance
+        assert self._group is not None
+        utterance.task = self._group.create_task(self._settle(utterance))
+        return utterance
+
+    def _withdraw(self) -> None:
+        """The caller spoke on before the turn ended: take back its early turn, unheard."""
+        utterance = self._utterance
+        if utterance is None or utterance.ended or utterance.withdrawn:
+            return
+        utterance.withdrawn = True
+        self.stats.withdrawn += 1
+        if utterance.task is not None:
+            utterance.task.cancel()
+        if utterance.turn is not None:
+            utterance.turn.decide(False)
+            assert self._group is not None
+            self._group.create_task(self._cancel_quietly())
+
+    async def _cancel_quietly(self) -> None:
+        with contextlib.suppress(ProtocolError):
+            await self.conversation.cancel()
+
+    def _with_carry(self, audio: np.ndarray) -> np.ndarray:
+        return np.concatenate([self._carry, audio]) if len(self._carry) else audio
+
+    def _maybe_interim(self) -> None:
+        every = self.settings.voice_interim_ms * SAMPLE_RATE // 1000
+        have = self.detector.utterance_samples
+        if (have - self._last_interim_at < every or
+                (self._interim_task is not None and not self._interim_task.done())):
+            return
+        self._last_interim_at = have
+        audio = self._with_carry(self.detector.utterance())
+        assert self._group is not None
+        self._interim_task = self._group.create_task(self._decode_interim(audio))
+
+    async def _decode_interim(self, audio: np.ndarray) -> None:
+        try:
+            text = await self.speech.stt.transcribe_interim(audio)
+        except Exception:
+            log.exception("interim decode failed")
+            return
+        if text and self.detector.speaking:
+            await self.output.send_event({"type": "transcript", "text": text, "final": False})
+
+    async def _settle(self, utterance: _Utterance) -> None:
+        """Decode the utterance and submit it (before its end is confirmed, if quick)."""
+        try:
+            text = await self.speech.stt.transcribe(utterance.audio)
+        except Exception:
+            log.exception("speech decode failed")
+            text = ""
+        if utterance.withdrawn:
+            return
+        await self.output.send_event({"type": "transcript", "text": text, "final": True})
+        if not normalize_transcript(text):
+            return
+        turn = await self._submit(text, utterance.speech_end)
+        if turn is None:
+            return
+        turn.mark("final_transcript", self.clock)
+        if utterance.withdrawn:
+            turn.decide(False)
+            await self._cancel_quietly()
+            return
+        utterance.turn = turn
+        if utterance.ended:
+            turn.timings.setdefault("end_of_turn", turn.timings["final_transcript"])
+            turn.decide(True)
+        else:
+            self.stats.early_turns += 1
+
+    async def _submit(self, text: str, speech_end: float) -> _TurnAudio | None:
+        async with self._submit_lock:
+            try:
+                turn_id = await self.conversation.submit(text)
+            except ProtocolError as exc:
+                await self.output.send_event({"type": "error", "code": exc.code,
+                                              "message": exc.message})
+                return None
+            turn = _TurnAudio(turn_id, speech_end)
+            turn.mark("submitted", self.clock)
+            self._register(turn)
+            return turn
+
+    def _register(self, turn: _TurnAudio) -> None:
+        self._turns[turn.turn_id] = turn
+        self._current = turn
+        while len(self._turns) > 8:
+            old = self._turns.pop(next(iter(self._turns)))
+            self._started_speech -= {(old.turn_id, "ack"), (old.turn_id, "answer")}
+
+    async def _barge_in(self) -> None:
+        """The caller speaks: take back an unheard early turn, or stop the reply."""
+        self._withdraw()
+        turn = self._current
+        pending = turn is not None and not turn.ended and turn.confirmed
+        playing = (self._playing is not None or not self._speak_queue.empty()
+                   or not self._audio_queue.empty())
+        if not (pending or playing):
+            return
+        self.stats.barge_ins += 1
+        heard = bool(self._spoken) and self._spoken_turn is turn
+        if not heard and self._utterance is not None and pending:
+            # Nothing of the reply was heard: the caller had only paused, and the new
+            # speech continues the same utterance.
+            self._carry = self._utterance.audio
+        self._stop_audio()
+        if pending:
+            await self._cancel_quietly()
+
+    def _stop_audio(self) -> None:
+        spoken = " ".join(self._spoken)
+        turn = self._spoken_turn or self._current
+        self._epoch += 1
+        self._drain_speak_queue()
+        was_playing = self._playing is not None
+        self._playing = None
+        self._spoken, self._spoken_turn = [], None
+        if was_playing or spoken:
+            assert self._group is not None
+            self._group.create_task(self.output.send_event(
+                {"type": "audio_clear", "turn_id": turn.turn_id if turn else None,
+                 "spoken": spoken}))
+
+    def _drain_speak_queue(self) -> None:
+        for queue in (self._speak_queue, self._audio_queue):
+            while not queue.empty():
+                queue.get_nowait()
+
+    # --- render --------------------------------------------------------------------------
+
+    async def _render(self, events: EventStream) -> None:
+        async for event in events:
+            await self.output.send_event(event.wire())
+            await self._on_event(event)
+
+    async def _on_event(self, event: ServerEvent) -> None:
+        turn = self._turns.get(event.turn_id or "")
+        if isinstance(event, Delta):
+            self._last_activity = self.clock()
+            if event.source == "ack":
+                if turn is not None:
+                    turn.mark("ack_text", self.clock)
+                await self._say_ack(event.text, turn)
+                return
+            if turn is not None and "answer_text" not in turn.timings:
+                turn.mark("answer_text", self.clock)
+            splitter = turn.splitter if turn is not None else SentenceSplitter()
+            for sentence in splitter.push(event.text):
+                await self._say(sentence, turn, kind=event.source)
+            if turn is None:
+                rest = splitter.flush()
+                if rest:
+                    await self._say(rest, None, kind=event.source)
+        elif isinstance(event, Done) and turn is not None:
+            turn.ended = True
+            rest = turn.splitter.flush()
+            if rest and not event.cancelled:
+                await self._say(rest, turn, kind="answer")
+            await self._say("", turn, kind="done")
+
+    async def _say_ack(self, text: str, turn: _TurnAudio | None) -> None:
+        tts = self.speech.tts
+        cached = tts.cached(text)
+        if cached is not None:
+            await self._enqueue(_Speak(self._epoch, text, turn, cached, "ack"))
+            return
+        for opener in ACK_OPENERS:
+            if text.startswith(opener + " ") and (audio := tts.cached(opener)) is not None:
+                await self._enqueue(_Speak(self._epoch, opener, turn, audio, "ack"))
+                text = text[len(opener):].strip()
+                break
+        await self._say(text, turn, kind="ack")
+
+    async def _say(self, text: str, turn: _TurnAudio | None, *, kind: str) -> None:
+        # The first piece of a reply's acknowledgment and of its answer go first.
+        key = (turn.turn_id if turn is not None else "", "ack" if kind == "ack" else "answer")
+        urgent = turn is None or key not in self._started_speech
+        self._started_speech.add(key)
+        await self._enqueue(_Speak(self._epoch, text, turn, None if text else b"", kind,
+                                   urgent))
+
+    async def _synthesize(self, text: str, *, urgent: bool = False) -> bytes:
+        try:
+            return await self.speech.tts.synthesize(text, priority=URGENT if urgent else NORMAL)
+        except Exception:
+            log.exception("synthesis failed", extra={"text": text[:80]})
+            return b""
+
+    async def _enqueue(self, item: _Speak) -> None:
+        await self._speak_queue.put(item)
+
+    # --- speak ---------------------------------------------------------------------------
+
+    async def _speak(self) -> None:
+        rate = self.speech.tts.sample_rate
+        frame_bytes = rate * FRAME_MS // 1000 * 2
+        lead_s = self.settings.voice_playout_lead_ms / 1000
+        origin = 0.0
+        sent_s = 0.0  # audio sent since `origin`
+        while True:
+            item = await self._audio_queue.get()
+            if item.epoch != self._epoch:
+                continue
+            turn = item.turn
+            if turn is not None:
+                await turn.decided.wait()
+                if not turn.confirmed or item.epoch != self._epoch:
+                    continue
+            audio = item.audio or b""
+            if item.kind == "done":
+                if turn is not None and "answer_audio" not in turn.timings:
+                    await self._send_timings(turn)  # a reply with no answer audio
+                continue
+            if not audio:
+                continue
+            if turn is not self._spoken_turn:  # a new reply: what was heard starts over
+                self._spoken_turn, self._spoken = turn, []
+            self._playing = item
+            self._spoken.append(item.text)
+            now = self.clock()
+            if now - origin > sent_s:  # the line went quiet: restart the clock
+                origin, sent_s = now, 0.0
+            if turn is not None:
+                first_answer = item.kind != "ack" and "answer_audio" not in turn.timings
+                turn.mark("ack_audio" if item.kind == "ack" else "answer_audio", self.clock)
+                turn.mark("first_audio", self.clock)
+                if first_answer:
+                    await self._send_timings(turn)
+            for start in range(0, len(audio), frame_bytes):
+                if item.epoch != self._epoch:
+                    break
+                await self.output.send_audio(audio[start:start + frame_bytes])
+                sent_s += min(frame_bytes, len(audio) - start) / 2 / rate
+                ahead = sent_s - (self.clock() - origin)
+                if ahead > lead_s:
+                    await asyncio.sleep(ahead - lead_s)
+            self._last_activity = self.clock()
+            if self._playing is item:
+                self._playing = None
+
+    async def _synthesize_ahead(self) -> None:
+        """Text → speech, one piece ahead of the speaker (backpressure from its queue)."""
+        while True:
+            item = await self._speak_queue.get()
+            if item.epoch != self._epoch:
+                continue
+            if item.audio is None:
+                item.audio = await self._synthesize(item.text, urgent=item.urgent)
+            if item.epoch == self._epoch:
+                await self._audio_queue.put(item)
+
+    async def _send_timings(self, turn: _TurnAudio) -> None:
+        await self.output.send_event({"type": "voice_timings", "turn_id": turn.turn_id,
+                                      "ms_after_speech_end": dict(turn.timings)})

