@@ -170,6 +170,9 @@ class Settings(BaseSettings):
     whatsapp_send_attempts: int = Field(
         5, ge=1, le=20, description="Tries of one Graph API call on 429/5xx (with backoff).")
     whatsapp_timeout_s: float = Field(10.0, gt=0, description="Timeout of one Graph API call.")
+    whatsapp_voice_notes: bool = Field(
+        True, description="Transcribe voice notes with the voice channel's speech-to-text "
+                          "(DUET_VOICE_STT_MODEL) and answer them; off: ask to type.")
     whatsapp_dedup_ttl_s: float = Field(
         7 * 86400.0, ge=3600, description="How long message ids are remembered (duplicates of "
                                           "Meta's retries are dropped).")

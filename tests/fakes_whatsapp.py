@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import io
 import itertools
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,8 +31,8 @@ from typing import Any
 
 from channels.whatsapp.payload import sign
 
-__all__ = ["FakeGraph", "GraphCall", "signed", "status_delivery", "text_delivery",
-           "message_delivery"]
+__all__ = ["FakeGraph", "GraphCall", "message_delivery", "signed", "status_delivery",
+           "text_delivery", "voice_note"]
 
 WABA_ID = "102290129340398"
 DISPLAY_NUMBER = "15550783881"
@@ -71,6 +74,8 @@ class FakeGraph:
         self.drop = 0
         #: seconds each answer waits (a slow API)
         self.delay_s = 0.0
+        #: customers' media files by media id (``GET /{version}/{media_id}``, then its url)
+        self.media: dict[str, bytes] = {}
         self._ids = itertools.count(1)
         self._changed = asyncio.Condition()
         self._server: asyncio.Server | None = None
@@ -136,6 +141,15 @@ class FakeGraph:
                 call = GraphCall(method, path, headers, data)
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
+                if method == "GET":
+                    status, payload, kind = self._media(call)
+                    call.status = status
+                    await self._record(call)
+                    writer.write((f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\n"
+                                  f"Content-Type: {kind}\r\nContent-Length: {len(payload)}"
+                                  "\r\n\r\n").encode() + payload)
+                    await writer.drain()
+                    continue
                 if self.drop and call.kind != "read":
                     self.drop -= 1
                     call.status = 0
@@ -162,6 +176,25 @@ class FakeGraph:
         async with self._changed:
             self.calls.append(call)
             self._changed.notify_all()
+
+    def _media(self, call: GraphCall) -> tuple[int, bytes, str]:
+        """``GET /{version}/{media_id}`` (the file's URL) and ``GET /media/{id}`` (it)."""
+        if call.headers.get("authorization") != f"Bearer {self.token}":
+            status, body, _ = _error(401, 190, "Invalid OAuth access token.")
+            return status, json.dumps(body).encode(), "application/json"
+        prefix = f"/{self.version}/"
+        if call.path.startswith(prefix) and call.path[len(prefix):] in self.media:
+            media_id = call.path[len(prefix):]
+            data = self.media[media_id]
+            info = {"messaging_product": "whatsapp", "url": f"{self.base_url}/media/{media_id}",
+                    "mime_type": "audio/ogg", "sha256": hashlib.sha256(data).hexdigest(),
+                    "file_size": len(data), "id": media_id}
+            return 200, json.dumps(info).encode(), "application/json"
+        if call.path.startswith("/media/") and call.path[7:] in self.media:
+            return 200, self.media[call.path[7:]], "audio/ogg"
+        status, body, _ = _error(404, 100, "(#100) Unsupported get request.",
+                                 "GraphMethodException")
+        return status, json.dumps(body).encode(), "application/json"
 
     def _answer(self, call: GraphCall) -> tuple[int, dict[str, Any], list[str]]:
         if call.headers.get("authorization") != f"Bearer {self.token}":
@@ -255,3 +288,23 @@ def signed(payload: dict[str, Any], secret: str) -> tuple[bytes, dict[str, str]]
     body = json.dumps(payload, separators=(",", ":")).encode()
     return body, {"Content-Type": "application/json",
                   "X-Hub-Signature-256": sign(secret.encode(), body)}
+
+
+def voice_note(text: str) -> bytes:
+    """``text`` spoken by espeak-ng, as a WhatsApp voice note: OGG/Opus, mono, 48 kHz."""
+    import av
+
+    wav = subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "--stdout", text],
+                         capture_output=True, check=True).stdout
+    out_buf = io.BytesIO()
+    with av.open(io.BytesIO(wav)) as src, av.open(out_buf, "w", format="ogg") as out:
+        stream = out.add_stream("libopus", rate=48000)
+        stream.layout = "mono"
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
+        for frame in [*src.decode(audio=0), None]:
+            for resampled in resampler.resample(frame):
+                for packet in stream.encode(resampled):
+                    out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return out_buf.getvalue()

@@ -12,7 +12,8 @@
 - :mod:`~channels.whatsapp.service` — the inbox consumer and the open conversations;
 - :mod:`~channels.whatsapp.line` — one conversation's events as WhatsApp messages;
 - :mod:`~channels.whatsapp.graph` — the Graph API client (retries, never twice);
-- :mod:`~channels.whatsapp.text` — splitting at 4,096 characters, polite answers.
+- :mod:`~channels.whatsapp.text` — splitting at 4,096 characters, polite answers;
+- :mod:`~channels.whatsapp.voice` — voice notes through the voice channel's speech-to-text.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from channels.whatsapp.line import RenderOptions
 from channels.whatsapp.metrics import WhatsAppMetrics
 from channels.whatsapp.service import WhatsAppService, parse_groups
 from channels.whatsapp.store import WhatsAppStore
+from channels.whatsapp.voice import VoiceNotes
 from channels.whatsapp.webhook import WEBHOOK_PATH, webhook_routes
 from core.errors import DependencyError, ValidationError
 from core.settings import Settings
@@ -92,9 +94,11 @@ class WhatsAppChannel(Channel):
                                 window_s=settings.whatsapp_window_s,
                                 template=settings.whatsapp_template,
                                 template_language=settings.whatsapp_template_language)
+        voice = VoiceNotes(settings) if settings.whatsapp_voice_notes else None
         self.service = WhatsAppService(state.chat, store, graph, metrics=self.metrics,
                                        options=options, groups=self.groups,
-                                       phone_number_id=settings.whatsapp_phone_number_id)
+                                       phone_number_id=settings.whatsapp_phone_number_id,
+                                       voice=voice)
         self.store = store
         try:
             async with TaskBoard() as board:
@@ -103,6 +107,8 @@ class WhatsAppChannel(Channel):
         finally:
             self.store = None
             await graph.aclose()
+            if voice is not None:
+                voice.close()
 
 
 def channel(settings: Settings) -> Channel:

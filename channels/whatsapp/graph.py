@@ -16,6 +16,7 @@ failure is reported instead. Read receipts are idempotent and retried on any fai
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 from typing import Any
@@ -24,7 +25,10 @@ import httpx
 
 from core.errors import DependencyError
 
-__all__ = ["GraphClient", "GraphError", "WindowClosed", "MAX_TEXT_CHARS"]
+__all__ = ["MAX_MEDIA_BYTES", "MAX_TEXT_CHARS", "GraphClient", "GraphError", "WindowClosed"]
+
+#: The largest audio file WhatsApp carries (16 MB).
+MAX_MEDIA_BYTES = 16 * 1024 * 1024
 
 log = logging.getLogger("duet.channels.whatsapp")
 
@@ -59,6 +63,7 @@ class GraphClient:
                  attempts: int = 5, timeout_s: float = 10.0, backoff_s: float = 0.25,
                  max_backoff_s: float = 8.0) -> None:
         self._url = f"{base_url.rstrip('/')}/{version}/{phone_number_id}/messages"
+        self._media_url = f"{base_url.rstrip('/')}/{version}/"
         self._attempts = attempts
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
@@ -92,6 +97,45 @@ class GraphClient:
         if typing:
             body["typing_indicator"] = {"type": "text"}
         await self._call(body, resend_ambiguous=True)
+
+    async def download_media(self, media_id: str) -> bytes:
+        """A customer's media file: its URL from ``GET /{version}/{media_id}``, then the
+        bytes from that URL (both with the access token; checked against its sha256)."""
+        if not media_id.isdigit():
+            raise GraphError("not a media id")
+        info = await self._get(self._media_url + media_id)
+        try:
+            meta = info.json()
+            url = str(meta["url"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise GraphError("the Graph API answered without a media URL") from exc
+        if int(meta.get("file_size") or 0) > MAX_MEDIA_BYTES:
+            raise GraphError("media file too large")
+        data = (await self._get(url)).content
+        if len(data) > MAX_MEDIA_BYTES:
+            raise GraphError("media file too large")
+        digest = meta.get("sha256")
+        if digest and hashlib.sha256(data).hexdigest() != digest:
+            raise GraphError("media file does not match its sha256")
+        return data
+
+    async def _get(self, url: str) -> httpx.Response:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self._http.get(url)
+            except httpx.TransportError as exc:
+                error, retry_after = GraphError(f"Graph API call failed: {exc!r}",
+                                                retryable=True), None
+            else:
+                if response.status_code < 300:
+                    return response
+                error, retry_after = _error_of(response), _retry_after(response)
+            if not error.retryable or attempt >= self._attempts:
+                raise error
+            await asyncio.sleep(retry_after if retry_after is not None else min(
+                self._max_backoff_s, self._backoff_s * 2 ** (attempt - 1)))
 
     async def _send(self, body: dict[str, Any]) -> str:
         data = await self._call(body, resend_ambiguous=False)

@@ -140,6 +140,8 @@ class Inbound:
     profile_name: str | None = None
     #: The business number it was sent to (``metadata.phone_number_id``).
     phone_number_id: str | None = None
+    #: Audio (voice notes): the Graph API media id of the file.
+    media_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,8 @@ def _inbound(message: _Message, names: dict[str, str], to: str | None) -> Inboun
         stamp = 0
     return Inbound(id=message.id, sender=message.sender, timestamp=stamp, kind=kind,
                    text=text.strip() if text and text.strip() else None,
-                   profile_name=names.get(message.sender), phone_number_id=to)
+                   profile_name=names.get(message.sender), phone_number_id=to,
+                   media_id=message.audio.id if message.audio is not None else None)
 
 
 def parse_delivery(data: bytes | str | dict[str, Any]) -> Delivery:

@@ -30,6 +30,7 @@ from channels.whatsapp.metrics import WhatsAppMetrics
 from channels.whatsapp.payload import Inbound, parse_delivery
 from channels.whatsapp.store import CONSUMER, INBOX_STREAM, Line, WhatsAppStore
 from channels.whatsapp.text import POLITE
+from channels.whatsapp.voice import VoiceNotes
 from gateway.auth import PUBLIC_GROUP, Identity
 from gateway.events import Delta, UserMessage
 from gateway.protocol import MAX_TEXT_CHARS, ErrorCode, ProtocolError
@@ -70,7 +71,7 @@ class WhatsAppService:
     def __init__(self, chat: ChatService, store: WhatsAppStore, graph: GraphClient, *,
                  metrics: WhatsAppMetrics, options: RenderOptions,
                  groups: dict[str, tuple[str, ...]], phone_number_id: str,
-                 concurrency: int = 64) -> None:
+                 voice: VoiceNotes | None = None, concurrency: int = 64) -> None:
         self.chat = chat
         self.store = store
         self.graph = graph
@@ -78,6 +79,8 @@ class WhatsAppService:
         self.options = options
         self.groups = groups
         self.phone_number_id = phone_number_id
+        #: Speech to text for voice notes (None: they get the polite answer).
+        self.voice = voice
         #: Seconds after start-up before open conversations are picked up again.
         self.recover_after_s = HEARTBEAT_TTL_S
         self._lines: dict[str, _Running] = {}
@@ -164,13 +167,21 @@ class WhatsAppService:
             await self.store.save_line(number, Line(session_id=renderer.session_id,
                                                     last_inbound=renderer.last_inbound))
             assert self._group is not None
-            self._group.create_task(self._mark_read(inbound.id, typing=inbound.text is not None))
+            voice = inbound.kind == "voice" and self.voice is not None
+            self._group.create_task(self._mark_read(
+                inbound.id, typing=inbound.text is not None or voice))
             conversation = renderer.conversation
-            if inbound.text is None:
+            text = inbound.text
+            if text is None and voice and not conversation.session.knows_message(inbound.id):
+                text = await self._transcribe(inbound)
+                if text is None:
+                    await self._polite(renderer, inbound, "voice_unclear")
+                    return
+            if text is None:
                 await self._polite(renderer, inbound)
                 return
             try:
-                await conversation.submit(inbound.text[:MAX_TEXT_CHARS], message_id=inbound.id)
+                await conversation.submit(text[:MAX_TEXT_CHARS], message_id=inbound.id)
             except ProtocolError as exc:
                 if exc.code != ErrorCode.duplicate_message:
                     raise
@@ -178,14 +189,29 @@ class WhatsAppService:
                 return
             self.metrics.inbound.labels(inbound.kind, "accepted").inc()
 
-    async def _polite(self, renderer: LineRenderer, inbound: Inbound) -> None:
+    async def _transcribe(self, inbound: Inbound) -> str | None:
+        """The words of a voice note (None: it could not be fetched or understood)."""
+        assert self.voice is not None
+        if inbound.media_id is None:
+            return None
+        try:
+            data = await self.graph.download_media(inbound.media_id)
+        except GraphError as exc:
+            log.warning("voice note not downloaded: %s", exc.message)
+            return None
+        text = await self.voice.transcribe(data)
+        self.metrics.inbound.labels("voice", "transcribed" if text else "unclear").inc()
+        return text
+
+    async def _polite(self, renderer: LineRenderer, inbound: Inbound,
+                      reason: str | None = None) -> None:
         """Log a message the channel cannot read, and answer it politely."""
         session = renderer.conversation.session
         if session.knows_message(inbound.id):
             return
         await session.emit(UserMessage(text=f"[{inbound.kind} message]", id=inbound.id))
-        await session.emit(Delta(source="system",
-                                 text=POLITE.get(inbound.kind, POLITE["default"])))
+        await session.emit(Delta(source="system", text=POLITE.get(
+            reason or inbound.kind, POLITE["default"])))
         self.metrics.inbound.labels(inbound.kind, "polite").inc()
 
     async def _mark_read(self, message_id: str, *, typing: bool) -> None:

@@ -11,6 +11,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n+")
 #: What the customer is told for a message the channel cannot read.
 POLITE = {
     "voice": "I can't listen to voice messages yet — could you type it?",
+    "voice_unclear": "Sorry, I couldn't make out that voice message — could you type it?",
     "audio": "I can't listen to audio yet — could you type your question?",
     "default": "I can only read text messages for now — could you type your question?",
 }

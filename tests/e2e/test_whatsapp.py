@@ -44,6 +44,7 @@ from tests.fakes_whatsapp import (
     signed,
     status_delivery,
     text_delivery,
+    voice_note,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -293,13 +294,30 @@ async def test_interactive_replies_voice_notes_and_other_types(site: Site) -> No
                                         "sha256": "abc", "id": "1234567890", "voice": True}}
     await site.post(message_delivery(sender, voice, wamid=wamid()))
     await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 2)
-    assert "voice messages" in site.graph.texts(sender)[1]
+    assert "voice message" in site.graph.texts(sender)[1]  # it could not be fetched
     image = {"type": "image", "image": {"mime_type": "image/jpeg", "sha256": "x", "id": "99"}}
     await site.post(message_delivery(sender, image, wamid=wamid()))
     await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 3)
     assert "text messages" in site.graph.texts(sender)[2]
     kinds = [e.text for e in site.session(sender).log if e.type == "user_message"]
     assert kinds == ["Factory reset the hub", "[voice message]", "[image message]"]
+
+
+async def test_a_voice_note_is_transcribed_and_answered(site: Site) -> None:
+    sender = number()
+    site.graph.media["1001"] = await asyncio.to_thread(
+        voice_note, "How do I factory reset the hub?")
+    voice = {"type": "audio", "audio": {"mime_type": "audio/ogg; codecs=opus",
+                                        "sha256": "x", "id": "1001", "voice": True}}
+    await site.post(message_delivery(sender, voice, wamid=wamid()))
+    await site.graph.wait_for(lambda: len(site.graph.sent(sender)) >= 1, 60)
+    assert "15 seconds" in site.graph.texts(sender)[0]
+    (said,) = [e.text for e in site.session(sender).log if e.type == "user_message"]
+    assert "factory reset" in said.lower() and "hub" in said.lower()
+    reads = [c for c in site.graph.calls if c.kind == "read" and c.json.get("to") is None
+             and c.json["message_id"] in {e.id for e in site.session(sender).log
+                                          if e.type == "user_message"}]
+    assert reads and reads[0].json.get("typing_indicator") == {"type": "text"}
 
 
 async def test_statuses_are_counted_and_never_answered(site: Site) -> None:

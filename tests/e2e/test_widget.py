@@ -251,7 +251,7 @@ async def test_a_supervisors_reply_appears_with_their_name(site: Site) -> None:
     await ask(page, "How do I factory reset the hub?")
     await expect(page.locator("#duet-chat .msg.bot .sources")).to_be_visible(timeout=30_000)
     await page.get_by_role("button", name="Talk to a person").click()
-    await expect(page.locator("#duet-chat .note").last).to_contain_text("queue", timeout=30_000)
+    await expect(page.locator("#duet-chat .note").last).to_contain_text("person", timeout=30_000)
     session = site.session(await page.evaluate("Duet.sessionId"))
     await session.emit(AgentJoined(agent=AgentRef(id="sup-1", name="Anna")))
     # a person's message as the supervisor socket emits it: a human delta and its done

@@ -170,3 +170,21 @@ async def test_a_wrong_token_is_refused(graph: FakeGraph) -> None:
         assert refused.value.code == 190 and refused.value.status == 401
     finally:
         await api.aclose()
+
+
+async def test_media_is_fetched_with_the_token_and_checked(graph: FakeGraph) -> None:
+    api = client(graph)
+    try:
+        graph.media["2002"] = b"OggS-not-really-audio"
+        assert await api.download_media("2002") == b"OggS-not-really-audio"
+        info, data = graph.calls
+        assert info.method == data.method == "GET"
+        assert info.path == f"/{graph.version}/2002" and data.path == "/media/2002"
+        assert data.headers["authorization"] == f"Bearer {graph.token}"
+        with pytest.raises(GraphError) as missing:
+            await api.download_media("3003")
+        assert missing.value.status == 404 and not missing.value.retryable
+        with pytest.raises(GraphError):
+            await api.download_media("../me")  # only media ids reach the URL
+    finally:
+        await api.aclose()
