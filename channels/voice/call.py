@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from channels.voice.executor import NORMAL, URGENT
-from channels.voice.speech import ACK_OPENERS, Speech
+from channels.voice.speech import ACK_OPENERS, QUICK_ACKS, Speech
 from channels.voice.stt import normalize_transcript
 from channels.voice.tts import SentenceSplitter
 from channels.voice.vad import SAMPLE_RATE, Pause, SpeechStarted, TurnEnded
@@ -88,6 +88,10 @@ class _TurnAudio:
     decided: asyncio.Event = field(default_factory=asyncio.Event)
     confirmed: bool = False
     ended: bool = False
+    #: The answer's text has arrived (a whole acknowledgment would only delay it).
+    answer_ready: bool = False
+    #: How the acknowledgment was spoken: "full", "quick" (the answer was there), or "".
+    ack_spoken: str = ""
     splitter: SentenceSplitter = field(default_factory=SentenceSplitter)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -420,6 +424,7 @@ class Call:
                 return
             if turn is not None and "answer_text" not in turn.timings:
                 turn.mark("answer_text", self.clock)
+                turn.answer_ready = True
             splitter = turn.splitter if turn is not None else SentenceSplitter()
             for sentence in splitter.push(event.text):
                 await self._say(sentence, turn, kind=event.source)
@@ -483,6 +488,8 @@ class Call:
                 if not turn.confirmed or item.epoch != self._epoch:
                     continue
             audio = item.audio or b""
+            if item.kind == "ack" and turn is not None:
+                audio = self._acknowledgment(item, turn, audio)
             if item.kind == "done":
                 if turn is not None and "answer_audio" not in turn.timings:
                     await self._send_timings(turn)  # a reply with no answer audio
@@ -514,12 +521,30 @@ class Call:
             if self._playing is item:
                 self._playing = None
 
+    def _acknowledgment(self, item: _Speak, turn: _TurnAudio, audio: bytes) -> bytes:
+        """The acknowledgment as said: whole while the answer is awaited; once the answer
+        is there, a quick "Sure." instead (and nothing more of it)."""
+        if turn.ack_spoken == "quick":
+            return b""
+        if turn.ack_spoken == "" and turn.answer_ready:
+            quick = QUICK_ACKS[len(self._turns) % len(QUICK_ACKS)]
+            cached = self.speech.tts.cached(quick)
+            if cached is not None:
+                turn.ack_spoken = "quick"
+                item.text = quick
+                return cached
+        turn.ack_spoken = "full"
+        return audio
+
     async def _synthesize_ahead(self) -> None:
         """Text → speech, one piece ahead of the speaker (backpressure from its queue)."""
         while True:
             item = await self._speak_queue.get()
             if item.epoch != self._epoch:
                 continue
+            turn = item.turn
+            if item.kind == "ack" and turn is not None and turn.answer_ready and not turn.ack_spoken:
+                item.audio = b""  # it would be replaced by a quick acknowledgment anyway
             if item.audio is None:
                 item.audio = await self._synthesize(item.text, urgent=item.urgent)
             if item.epoch == self._epoch:
@@ -527,4 +552,5 @@ class Call:
 
     async def _send_timings(self, turn: _TurnAudio) -> None:
         await self.output.send_event({"type": "voice_timings", "turn_id": turn.turn_id,
+                                      "acknowledgment": turn.ack_spoken or None,
                                       "ms_after_speech_end": dict(turn.timings)})
