@@ -14,9 +14,10 @@ events and speech through. Inside, one ``TaskGroup`` holds three loops:
 
 Turn-taking. At the first short pause (``pause_ms`` of silence) the utterance up to its
 last voiced sample is decoded: if the caller stays quiet, that audio *is* the turn, so
-this transcript is final. It is submitted as soon as it is ready — often before the
-end-of-turn silence has even passed — so the acknowledgment and the retrieval start
-early; nothing of that turn is spoken until the end of the turn is confirmed. If the
+this transcript is final. When it reads as a whole sentence it is submitted as soon as
+it is ready — often before the end-of-turn silence has even passed — so the
+acknowledgment and the retrieval start early (a fragment waits for the end of the
+turn); nothing of that turn is spoken until the end of the turn is confirmed. If the
 caller speaks again first, the early turn is cancelled unheard and the new speech
 continues the same utterance.
 
@@ -115,6 +116,7 @@ class _Utterance:
     ended: bool = False
     withdrawn: bool = False
     turn: _TurnAudio | None = None
+    ended_event: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
 
@@ -262,6 +264,7 @@ class Call:
             if utterance is None or utterance.last_voiced != event.last_voiced:
                 utterance = self._begin_utterance(event.audio, event.last_voiced)
             utterance.ended = True
+            utterance.ended_event.set()
             self._carry = np.zeros(0, dtype=np.float32)
             if utterance.turn is not None:
                 utterance.turn.timings["end_of_turn"] = round(
@@ -330,6 +333,10 @@ class Call:
             text = ""
         if utterance.withdrawn:
             return
+        if text and not utterance.ended and not text.rstrip().endswith((".", "?", "!")):
+            # Not a whole sentence yet: wait for the end of the turn (or the rest of it)
+            # rather than start a turn on a fragment.
+            await utterance.ended_event.wait()
         await self.output.send_event({"type": "transcript", "text": text, "final": True})
         if not normalize_transcript(text):
             return

@@ -35,7 +35,7 @@ class LengthSTT(SpeechToText):
 
     def _transcribe(self, audio: np.ndarray) -> str:
         loud = int(np.sum(np.abs(audio) > 0.05) / (RATE / 10))
-        return f"question of {loud} tenths" if loud else ""
+        return f"question of {loud} tenths?" if loud else ""
 
 
 class ToneTTS(TextToSpeech):
@@ -175,9 +175,9 @@ async def test_a_turn_is_submitted_once_and_spoken_only_after_its_end() -> None:
     assert not out.audio  # the end of the turn is not confirmed yet: nothing is heard
     await _feed(call, 0.4, loud=False)
     await _until(lambda: len(out.audio) > 10)
-    assert conversation.submitted == ["question of 10 tenths"]
+    assert conversation.submitted == ["question of 10 tenths?"]
     finals = [e for e in out.of("transcript") if e["final"]]
-    assert [e["text"] for e in finals] == ["question of 10 tenths"]
+    assert [e["text"] for e in finals] == ["question of 10 tenths?"]
     await _until(lambda: out.of("voice_timings"))
     stages = out.of("voice_timings")[0]["ms_after_speech_end"]
     assert stages["end_of_turn"] >= stages["submitted"]  # submitted before the turn ended
@@ -193,7 +193,7 @@ async def test_speaking_on_after_a_pause_withdraws_the_early_turn_unheard() -> N
     await _feed(call, 0.6, loud=True)  # the caller goes on
     await _feed(call, 0.5, loud=False)
     await _until(lambda: len(conversation.submitted) == 2)
-    assert conversation.submitted == ["question of 6 tenths", "question of 12 tenths"]
+    assert conversation.submitted == ["question of 6 tenths?", "question of 12 tenths?"]
     assert conversation.cancelled == ["t1"]
     await _until(lambda: len(out.audio) > 10)
     assert not out.of("audio_clear")  # nothing of the withdrawn turn was ever heard
@@ -245,7 +245,7 @@ async def test_speech_while_the_answer_is_still_coming_cancels_the_turn() -> Non
     await _feed(call, 0.5, loud=False)
     # Nothing had been heard: the new speech continued the same utterance.
     await _until(lambda: len(conversation.submitted) == 2)
-    assert conversation.submitted[1] == "question of 11 tenths"
+    assert conversation.submitted[1] == "question of 11 tenths?"
     await _end(call, task)
 
 
@@ -257,3 +257,21 @@ async def test_the_oldest_caller_audio_is_dropped_and_counted_when_behind() -> N
     for _ in range(150):  # nobody reads: the queue holds 100
         call.feed(frame)
     assert call.stats.frames_in == 150 and call.stats.frames_dropped == 50
+
+
+async def test_a_fragment_waits_for_the_end_of_the_turn() -> None:
+    conversation = FakeConversation()
+    call, out, task = await _call(conversation)
+    call.speech.stt = FragmentSTT()
+    await _feed(call, 0.8, loud=True)
+    await _feed(call, 0.15, loud=False)  # a pause: decoded, but not a whole sentence
+    await asyncio.sleep(0.2)
+    assert conversation.submitted == []
+    await _feed(call, 0.4, loud=False)
+    await _until(lambda: conversation.submitted == ["how do I"])
+    await _end(call, task)
+
+
+class FragmentSTT(SpeechToText):
+    def _transcribe(self, audio: np.ndarray) -> str:
+        return "how do I"
