@@ -91,7 +91,8 @@ class _TurnAudio:
     ended: bool = False
     #: The answer's text has arrived (a whole acknowledgment would only delay it).
     answer_ready: bool = False
-    #: How the acknowledgment was spoken: "full", "quick" (the answer was there), or "".
+    #: How the acknowledgment was said: "quick" ("Okay." and the answer was there),
+    #: "full" (the router's words too, while the answer was awaited), or "".
     ack_spoken: str = ""
     splitter: SentenceSplitter = field(default_factory=SentenceSplitter)
     timings: dict[str, float] = field(default_factory=dict)
@@ -169,6 +170,8 @@ class Call:
         self._spoken: list[str] = []
         self._spoken_turn: _TurnAudio | None = None
         self._started_speech: set[tuple[str, str]] = set()
+        self._origin = 0.0  # when the speech being sent started, and how much was sent
+        self._sent_s = 0.0
         self._last_activity = clock()
         self._closed = asyncio.Event()
 
@@ -480,11 +483,6 @@ class Call:
     # --- speak ---------------------------------------------------------------------------
 
     async def _speak(self) -> None:
-        rate = self.speech.tts.sample_rate
-        frame_bytes = rate * FRAME_MS // 1000 * 2
-        lead_s = self.settings.voice_playout_lead_ms / 1000
-        origin = 0.0
-        sent_s = 0.0  # audio sent since `origin`
         while True:
             item = await self._audio_queue.get()
             if item.epoch != self._epoch:
@@ -494,54 +492,63 @@ class Call:
                 await turn.decided.wait()
                 if not turn.confirmed or item.epoch != self._epoch:
                     continue
-            audio = item.audio or b""
-            if item.kind == "ack" and turn is not None:
-                audio = self._acknowledgment(item, turn, audio)
             if item.kind == "done":
                 if turn is not None and "answer_audio" not in turn.timings:
                     await self._send_timings(turn)  # a reply with no answer audio
                 continue
-            if not audio:
-                continue
-            if turn is not self._spoken_turn:  # a new reply: what was heard starts over
-                self._spoken_turn, self._spoken = turn, []
-            self._playing = item
-            self._spoken.append(item.text)
-            now = self.clock()
-            if now - origin > sent_s:  # the line went quiet: restart the clock
-                origin, sent_s = now, 0.0
-            if turn is not None:
-                first_answer = item.kind != "ack" and "answer_audio" not in turn.timings
-                turn.mark("ack_audio" if item.kind == "ack" else "answer_audio", self.clock)
-                turn.mark("first_audio", self.clock)
-                if first_answer:
-                    await self._send_timings(turn)
-            for start in range(0, len(audio), frame_bytes):
-                if item.epoch != self._epoch:
-                    break
-                await self.output.send_audio(audio[start:start + frame_bytes])
-                sent_s += min(frame_bytes, len(audio) - start) / 2 / rate
-                ahead = sent_s - (self.clock() - origin)
-                if ahead > lead_s:
-                    await asyncio.sleep(ahead - lead_s)
-            self._last_activity = self.clock()
-            if self._playing is item:
-                self._playing = None
+            if item.kind == "ack" and turn is not None:
+                await self._acknowledge(item, turn)
+            else:
+                await self._play(item, item.text, item.audio or b"")
 
-    def _acknowledgment(self, item: _Speak, turn: _TurnAudio, audio: bytes) -> bytes:
-        """The acknowledgment as said: whole while the answer is awaited; once the answer
-        is there, a quick "Sure." instead (and nothing more of it)."""
-        if turn.ack_spoken == "quick":
-            return b""
-        if turn.ack_spoken == "" and turn.answer_ready:
+    async def _acknowledge(self, item: _Speak, turn: _TurnAudio) -> None:
+        """The acknowledgment covers the wait for the answer, no longer: a quick "Okay."
+        first, then the router's words only if the answer is still not there."""
+        if turn.ack_spoken == "":
             quick = QUICK_ACKS[len(self._turns) % len(QUICK_ACKS)]
-            cached = self.speech.tts.cached(quick)
-            if cached is not None:
+            audio = self.speech.tts.cached(quick)
+            if audio is not None:
                 turn.ack_spoken = "quick"
-                item.text = quick
-                return cached
-        turn.ack_spoken = "full"
-        return audio
+                await self._play(item, quick, audio)
+            if turn.answer_ready or item.epoch != self._epoch:
+                return
+        if turn.ack_spoken in ("", "full") or not turn.answer_ready:
+            turn.ack_spoken = "full"
+            await self._play(item, item.text, item.audio or b"")
+
+    async def _play(self, item: _Speak, text: str, audio: bytes) -> None:
+        """Send ``audio`` in 20 ms frames, ``voice_playout_lead_ms`` ahead of real time;
+        a barge-in (a new epoch) stops it at the next frame."""
+        if not audio or item.epoch != self._epoch:
+            return
+        turn = item.turn
+        rate = self.speech.tts.sample_rate
+        frame_bytes = rate * FRAME_MS // 1000 * 2
+        lead_s = self.settings.voice_playout_lead_ms / 1000
+        if turn is not self._spoken_turn:  # a new reply: what was heard starts over
+            self._spoken_turn, self._spoken = turn, []
+        self._playing = item
+        self._spoken.append(text)
+        now = self.clock()
+        if now - self._origin > self._sent_s:  # the line went quiet: restart the clock
+            self._origin, self._sent_s = now, 0.0
+        if turn is not None:
+            first_answer = item.kind != "ack" and "answer_audio" not in turn.timings
+            turn.mark("ack_audio" if item.kind == "ack" else "answer_audio", self.clock)
+            turn.mark("first_audio", self.clock)
+            if first_answer:
+                await self._send_timings(turn)
+        for start in range(0, len(audio), frame_bytes):
+            if item.epoch != self._epoch:
+                break
+            await self.output.send_audio(audio[start:start + frame_bytes])
+            self._sent_s += min(frame_bytes, len(audio) - start) / 2 / rate
+            ahead = self._sent_s - (self.clock() - self._origin)
+            if ahead > lead_s:
+                await asyncio.sleep(ahead - lead_s)
+        self._last_activity = self.clock()
+        if self._playing is item:
+            self._playing = None
 
     async def _synthesize_ahead(self) -> None:
         """Text → speech, one piece ahead of the speaker (backpressure from its queue)."""
@@ -550,8 +557,9 @@ class Call:
             if item.epoch != self._epoch:
                 continue
             turn = item.turn
-            if item.kind == "ack" and turn is not None and turn.answer_ready and not turn.ack_spoken:
-                item.audio = b""  # it would be replaced by a quick acknowledgment anyway
+            if (item.kind == "ack" and turn is not None and turn.answer_ready
+                    and turn.ack_spoken in ("", "quick")):
+                item.audio = b""  # the answer is there: this part will not be said
             if item.audio is None:
                 item.audio = await self._synthesize(item.text, urgent=item.urgent)
             if item.epoch == self._epoch:
