@@ -91,7 +91,7 @@ class _TurnAudio:
     ended: bool = False
     #: The answer's text has arrived (a whole acknowledgment would only delay it).
     answer_ready: bool = False
-    #: How the acknowledgment was said: "quick" ("Okay." and the answer was there),
+    #: How the acknowledgment was said: "quick" ("Sure." and the answer was there),
     #: "full" (the router's words too, while the answer was awaited), or "".
     ack_spoken: str = ""
     splitter: SentenceSplitter = field(default_factory=SentenceSplitter)
@@ -502,7 +502,7 @@ class Call:
                 await self._play(item, item.text, item.audio or b"")
 
     async def _acknowledge(self, item: _Speak, turn: _TurnAudio) -> None:
-        """The acknowledgment covers the wait for the answer, no longer: a quick "Okay."
+        """The acknowledgment covers the wait for the answer, no longer: a quick "Sure."
         first, then the router's words only if the answer is still not there."""
         if turn.ack_spoken == "":
             quick = QUICK_ACKS[len(self._turns) % len(QUICK_ACKS)]

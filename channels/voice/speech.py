@@ -31,7 +31,7 @@ ACK_PHRASES = (
 )
 #: What is said instead of a whole acknowledgment when the answer is already there: the
 #: acknowledgment covers a wait, and there is none (its text still goes to the caller).
-QUICK_ACKS = ("Sure.", "Okay.", "Right.")
+QUICK_ACKS = ("Sure.", "Right.")
 #: The words acknowledgments start with before they name a topic; each is cached, so a
 #: topical acknowledgment starts playing at once while its topic is synthesized.
 ACK_OPENERS = (
