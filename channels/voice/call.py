@@ -14,9 +14,10 @@ events and speech through. Inside, one ``TaskGroup`` holds three loops:
 
 Turn-taking. At the first short pause (``pause_ms`` of silence) the utterance up to its
 last voiced sample is decoded: if the caller stays quiet, that audio *is* the turn, so
-this transcript is final. It is submitted as soon as it is ready — often before the
-end-of-turn silence has even passed — so the acknowledgment and the retrieval start
-early; nothing of that turn is spoken until the end of the turn is confirmed. If the
+this transcript is final. When it reads as a whole sentence it is submitted as soon as
+it is ready — often before the end-of-turn silence has even passed — so the
+acknowledgment and the retrieval start early (a fragment waits for the end of the
+turn); nothing of that turn is spoken until the end of the turn is confirmed. If the
 caller speaks again first, the early turn is cancelled unheard and the new speech
 continues the same utterance.
 
@@ -39,7 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from channels.voice.executor import NORMAL, URGENT
-from channels.voice.speech import ACK_OPENERS, Speech
+from channels.voice.speech import ACK_OPENERS, QUICK_ACKS, Speech
 from channels.voice.stt import normalize_transcript
 from channels.voice.tts import SentenceSplitter
 from channels.voice.vad import SAMPLE_RATE, Pause, SpeechStarted, TurnEnded
@@ -88,6 +89,11 @@ class _TurnAudio:
     decided: asyncio.Event = field(default_factory=asyncio.Event)
     confirmed: bool = False
     ended: bool = False
+    #: The answer's text has arrived (a whole acknowledgment would only delay it).
+    answer_ready: bool = False
+    #: How the acknowledgment was said: "quick" ("Sure." and the answer was there),
+    #: "full" (the router's words too, while the answer was awaited), or "".
+    ack_spoken: str = ""
     splitter: SentenceSplitter = field(default_factory=SentenceSplitter)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -111,6 +117,7 @@ class _Utterance:
     ended: bool = False
     withdrawn: bool = False
     turn: _TurnAudio | None = None
+    ended_event: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
 
@@ -163,6 +170,8 @@ class Call:
         self._spoken: list[str] = []
         self._spoken_turn: _TurnAudio | None = None
         self._started_speech: set[tuple[str, str]] = set()
+        self._origin = 0.0  # when the speech being sent started, and how much was sent
+        self._sent_s = 0.0
         self._last_activity = clock()
         self._closed = asyncio.Event()
 
@@ -258,6 +267,7 @@ class Call:
             if utterance is None or utterance.last_voiced != event.last_voiced:
                 utterance = self._begin_utterance(event.audio, event.last_voiced)
             utterance.ended = True
+            utterance.ended_event.set()
             self._carry = np.zeros(0, dtype=np.float32)
             if utterance.turn is not None:
                 utterance.turn.timings["end_of_turn"] = round(
@@ -326,6 +336,10 @@ class Call:
             text = ""
         if utterance.withdrawn:
             return
+        if text and not utterance.ended and not text.rstrip().endswith((".", "?", "!")):
+            # Not a whole sentence yet: wait for the end of the turn (or the rest of it)
+            # rather than start a turn on a fragment.
+            await utterance.ended_event.wait()
         await self.output.send_event({"type": "transcript", "text": text, "final": True})
         if not normalize_transcript(text):
             return
@@ -420,6 +434,7 @@ class Call:
                 return
             if turn is not None and "answer_text" not in turn.timings:
                 turn.mark("answer_text", self.clock)
+                turn.answer_ready = True
             splitter = turn.splitter if turn is not None else SentenceSplitter()
             for sentence in splitter.push(event.text):
                 await self._say(sentence, turn, kind=event.source)
@@ -468,11 +483,6 @@ class Call:
     # --- speak ---------------------------------------------------------------------------
 
     async def _speak(self) -> None:
-        rate = self.speech.tts.sample_rate
-        frame_bytes = rate * FRAME_MS // 1000 * 2
-        lead_s = self.settings.voice_playout_lead_ms / 1000
-        origin = 0.0
-        sent_s = 0.0  # audio sent since `origin`
         while True:
             item = await self._audio_queue.get()
             if item.epoch != self._epoch:
@@ -482,37 +492,63 @@ class Call:
                 await turn.decided.wait()
                 if not turn.confirmed or item.epoch != self._epoch:
                     continue
-            audio = item.audio or b""
             if item.kind == "done":
                 if turn is not None and "answer_audio" not in turn.timings:
                     await self._send_timings(turn)  # a reply with no answer audio
                 continue
-            if not audio:
-                continue
-            if turn is not self._spoken_turn:  # a new reply: what was heard starts over
-                self._spoken_turn, self._spoken = turn, []
-            self._playing = item
-            self._spoken.append(item.text)
-            now = self.clock()
-            if now - origin > sent_s:  # the line went quiet: restart the clock
-                origin, sent_s = now, 0.0
-            if turn is not None:
-                first_answer = item.kind != "ack" and "answer_audio" not in turn.timings
-                turn.mark("ack_audio" if item.kind == "ack" else "answer_audio", self.clock)
-                turn.mark("first_audio", self.clock)
-                if first_answer:
-                    await self._send_timings(turn)
-            for start in range(0, len(audio), frame_bytes):
-                if item.epoch != self._epoch:
-                    break
-                await self.output.send_audio(audio[start:start + frame_bytes])
-                sent_s += min(frame_bytes, len(audio) - start) / 2 / rate
-                ahead = sent_s - (self.clock() - origin)
-                if ahead > lead_s:
-                    await asyncio.sleep(ahead - lead_s)
-            self._last_activity = self.clock()
-            if self._playing is item:
-                self._playing = None
+            if item.kind == "ack" and turn is not None:
+                await self._acknowledge(item, turn)
+            else:
+                await self._play(item, item.text, item.audio or b"")
+
+    async def _acknowledge(self, item: _Speak, turn: _TurnAudio) -> None:
+        """The acknowledgment covers the wait for the answer, no longer: a quick "Sure."
+        first, then the router's words only if the answer is still not there."""
+        if turn.ack_spoken == "":
+            quick = QUICK_ACKS[len(self._turns) % len(QUICK_ACKS)]
+            audio = self.speech.tts.cached(quick)
+            if audio is not None:
+                turn.ack_spoken = "quick"
+                await self._play(item, quick, audio)
+            if turn.answer_ready or item.epoch != self._epoch:
+                return
+        if turn.ack_spoken in ("", "full") or not turn.answer_ready:
+            turn.ack_spoken = "full"
+            await self._play(item, item.text, item.audio or b"")
+
+    async def _play(self, item: _Speak, text: str, audio: bytes) -> None:
+        """Send ``audio`` in 20 ms frames, ``voice_playout_lead_ms`` ahead of real time;
+        a barge-in (a new epoch) stops it at the next frame."""
+        if not audio or item.epoch != self._epoch:
+            return
+        turn = item.turn
+        rate = self.speech.tts.sample_rate
+        frame_bytes = rate * FRAME_MS // 1000 * 2
+        lead_s = self.settings.voice_playout_lead_ms / 1000
+        if turn is not self._spoken_turn:  # a new reply: what was heard starts over
+            self._spoken_turn, self._spoken = turn, []
+        self._playing = item
+        self._spoken.append(text)
+        now = self.clock()
+        if now - self._origin > self._sent_s:  # the line went quiet: restart the clock
+            self._origin, self._sent_s = now, 0.0
+        if turn is not None:
+            first_answer = item.kind != "ack" and "answer_audio" not in turn.timings
+            turn.mark("ack_audio" if item.kind == "ack" else "answer_audio", self.clock)
+            turn.mark("first_audio", self.clock)
+            if first_answer:
+                await self._send_timings(turn)
+        for start in range(0, len(audio), frame_bytes):
+            if item.epoch != self._epoch:
+                break
+            await self.output.send_audio(audio[start:start + frame_bytes])
+            self._sent_s += min(frame_bytes, len(audio) - start) / 2 / rate
+            ahead = self._sent_s - (self.clock() - self._origin)
+            if ahead > lead_s:
+                await asyncio.sleep(ahead - lead_s)
+        self._last_activity = self.clock()
+        if self._playing is item:
+            self._playing = None
 
     async def _synthesize_ahead(self) -> None:
         """Text → speech, one piece ahead of the speaker (backpressure from its queue)."""
@@ -520,6 +556,10 @@ class Call:
             item = await self._speak_queue.get()
             if item.epoch != self._epoch:
                 continue
+            turn = item.turn
+            if (item.kind == "ack" and turn is not None and turn.answer_ready
+                    and turn.ack_spoken in ("", "quick")):
+                item.audio = b""  # the answer is there: this part will not be said
             if item.audio is None:
                 item.audio = await self._synthesize(item.text, urgent=item.urgent)
             if item.epoch == self._epoch:
@@ -527,4 +567,5 @@ class Call:
 
     async def _send_timings(self, turn: _TurnAudio) -> None:
         await self.output.send_event({"type": "voice_timings", "turn_id": turn.turn_id,
+                                      "acknowledgment": turn.ack_spoken or None,
                                       "ms_after_speech_end": dict(turn.timings)})

@@ -19,7 +19,7 @@ from channels.voice.tts import PiperTTS, TextToSpeech
 from channels.voice.vad import SileroVad, TurnDetector
 from core.settings import Settings
 
-__all__ = ["ACK_OPENERS", "ACK_PHRASES", "Speech", "SpeechLoader", "trim_silence"]
+__all__ = ["ACK_OPENERS", "ACK_PHRASES", "QUICK_ACKS", "Speech", "SpeechLoader", "trim_silence"]
 
 log = logging.getLogger("duet.voice")
 
@@ -29,6 +29,9 @@ ACK_PHRASES = (
     "One moment while I look into that.",
     "I'm checking on that for you now.",
 )
+#: What is said instead of a whole acknowledgment when the answer is already there: the
+#: acknowledgment covers a wait, and there is none (its text still goes to the caller).
+QUICK_ACKS = ("Sure.", "Right.")
 #: The words acknowledgments start with before they name a topic; each is cached, so a
 #: topical acknowledgment starts playing at once while its topic is synthesized.
 ACK_OPENERS = (
@@ -86,6 +89,11 @@ class Speech:
     async def warm(self) -> None:
         """Cache the acknowledgment lines and openers, and run each model once."""
         await self.tts.warm(list(ACK_PHRASES))
+        for quick in QUICK_ACKS:
+            if self.tts.cached(quick) is None:
+                audio = await self.tts.synthesize(quick)
+                self.tts.remember(quick, trim_silence(audio, keep_ms=80,
+                                                      rate=self.tts.sample_rate))
         for opener in ACK_OPENERS:
             if self.tts.cached(opener) is None:
                 audio = await self.tts.synthesize(opener + ",")

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from channels.voice.call import Call
+from channels.voice.speech import QUICK_ACKS
 from channels.voice.stt import SpeechToText
 from channels.voice.tts import TextToSpeech
 from channels.voice.vad import TurnDetector
@@ -34,7 +35,7 @@ class LengthSTT(SpeechToText):
 
     def _transcribe(self, audio: np.ndarray) -> str:
         loud = int(np.sum(np.abs(audio) > 0.05) / (RATE / 10))
-        return f"question of {loud} tenths" if loud else ""
+        return f"question of {loud} tenths?" if loud else ""
 
 
 class ToneTTS(TextToSpeech):
@@ -60,8 +61,9 @@ class FakeSpeech:
 class FakeConversation:
     """Answers each turn after ``delay_s``: an ack, two sentences, done."""
 
-    def __init__(self, delay_s: float = 0.05) -> None:
+    def __init__(self, delay_s: float = 0.05, answer_delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
+        self.answer_delay_s = answer_delay_s
         self.queue: asyncio.Queue[ServerEvent] = asyncio.Queue()
         self.submitted: list[str] = []
         self.cancelled: list[str] = []
@@ -82,6 +84,7 @@ class FakeConversation:
     async def _answer(self, turn_id: str) -> None:
         await asyncio.sleep(self.delay_s)
         await self.queue.put(Delta(turn_id=turn_id, source="ack", text="Let me check."))
+        await asyncio.sleep(self.answer_delay_s)
         await self.queue.put(Delta(turn_id=turn_id, source="answer",
                                    text=" First sentence here. Second sentence here."))
         await self.queue.put(Done(turn_id=turn_id, text="...", timings_ms=Timings(total=1)))
@@ -132,6 +135,8 @@ async def _call(conversation: FakeConversation) -> tuple[Call, Recorder, asyncio
 
     speech = FakeSpeech(_settings())
     speech.vad_executor = ThreadPoolExecutor(max_workers=1)
+    for quick in QUICK_ACKS:
+        speech.tts.remember(quick, b"\x10\x20" * 4000)
     out = Recorder()
     call = Call(speech, conversation, out)  # type: ignore[arg-type]
     task = asyncio.create_task(call.run(conversation))  # type: ignore[arg-type]
@@ -170,9 +175,9 @@ async def test_a_turn_is_submitted_once_and_spoken_only_after_its_end() -> None:
     assert not out.audio  # the end of the turn is not confirmed yet: nothing is heard
     await _feed(call, 0.4, loud=False)
     await _until(lambda: len(out.audio) > 10)
-    assert conversation.submitted == ["question of 10 tenths"]
+    assert conversation.submitted == ["question of 10 tenths?"]
     finals = [e for e in out.of("transcript") if e["final"]]
-    assert [e["text"] for e in finals] == ["question of 10 tenths"]
+    assert [e["text"] for e in finals] == ["question of 10 tenths?"]
     await _until(lambda: out.of("voice_timings"))
     stages = out.of("voice_timings")[0]["ms_after_speech_end"]
     assert stages["end_of_turn"] >= stages["submitted"]  # submitted before the turn ended
@@ -188,7 +193,7 @@ async def test_speaking_on_after_a_pause_withdraws_the_early_turn_unheard() -> N
     await _feed(call, 0.6, loud=True)  # the caller goes on
     await _feed(call, 0.5, loud=False)
     await _until(lambda: len(conversation.submitted) == 2)
-    assert conversation.submitted == ["question of 6 tenths", "question of 12 tenths"]
+    assert conversation.submitted == ["question of 6 tenths?", "question of 12 tenths?"]
     assert conversation.cancelled == ["t1"]
     await _until(lambda: len(out.audio) > 10)
     assert not out.of("audio_clear")  # nothing of the withdrawn turn was ever heard
@@ -204,13 +209,28 @@ async def test_speech_over_the_reply_stops_it_at_the_next_frame() -> None:
     await _feed(call, 0.2, loud=True)  # barge in
     await _until(lambda: out.of("audio_clear"))
     clear = out.of("audio_clear")[0]
-    assert clear["turn_id"] == "t1" and clear["spoken"].startswith("Let me check.")
+    # The answer was there at once: a quick acknowledgment, then the answer.
+    assert clear["turn_id"] == "t1" and clear["spoken"].split()[0] in QUICK_ACKS
+    assert "First sentence here." in clear["spoken"] and "Let me check" not in clear["spoken"]
     # The turn's text was complete long before its speech: nothing is left to cancel.
     assert conversation.cancelled == []
     at_clear = out.events.index(clear)
     sent_after = [f for i, f in out.audio if i > at_clear]
     await asyncio.sleep(0.3)
     assert len([f for i, f in out.audio if i > at_clear]) == len(sent_after) == 0
+    await _end(call, task)
+
+
+async def test_the_whole_acknowledgment_is_said_while_the_answer_is_awaited() -> None:
+    conversation = FakeConversation(answer_delay_s=2.0)
+    call, out, task = await _call(conversation)
+    await _feed(call, 0.8, loud=True)
+    await _feed(call, 0.5, loud=False)
+    await _until(lambda: out.of("voice_timings"), timeout_s=15)
+    timings = out.of("voice_timings")[0]
+    assert timings["acknowledgment"] == "full"
+    stages = timings["ms_after_speech_end"]
+    assert stages["ack_audio"] < stages["answer_text"] <= stages["answer_audio"]
     await _end(call, task)
 
 
@@ -225,7 +245,7 @@ async def test_speech_while_the_answer_is_still_coming_cancels_the_turn() -> Non
     await _feed(call, 0.5, loud=False)
     # Nothing had been heard: the new speech continued the same utterance.
     await _until(lambda: len(conversation.submitted) == 2)
-    assert conversation.submitted[1] == "question of 11 tenths"
+    assert conversation.submitted[1] == "question of 11 tenths?"
     await _end(call, task)
 
 
@@ -237,3 +257,21 @@ async def test_the_oldest_caller_audio_is_dropped_and_counted_when_behind() -> N
     for _ in range(150):  # nobody reads: the queue holds 100
         call.feed(frame)
     assert call.stats.frames_in == 150 and call.stats.frames_dropped == 50
+
+
+async def test_a_fragment_waits_for_the_end_of_the_turn() -> None:
+    conversation = FakeConversation()
+    call, out, task = await _call(conversation)
+    call.speech.stt = FragmentSTT()
+    await _feed(call, 0.8, loud=True)
+    await _feed(call, 0.15, loud=False)  # a pause: decoded, but not a whole sentence
+    await asyncio.sleep(0.2)
+    assert conversation.submitted == []
+    await _feed(call, 0.4, loud=False)
+    await _until(lambda: conversation.submitted == ["how do I"])
+    await _end(call, task)
+
+
+class FragmentSTT(SpeechToText):
+    def _transcribe(self, audio: np.ndarray) -> str:
+        return "how do I"
