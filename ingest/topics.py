@@ -233,6 +233,8 @@ class TopicIndex:
             if self._current_locked() or (self._future is not None
                                           and not self._future.done()):
                 return False
+            if self._built and not self._dirty:
+                self._dirty.add("")  # nothing reported, but ``as_of`` moved: one pass
             self._future = self._executor.submit(self._drain)
         return True
 
@@ -245,7 +247,9 @@ class TopicIndex:
                 time.sleep(wait_s)
             self.rebuild()
             with self._lock:
-                if self._current_locked():
+                # Done when every reported change is read (``as_of`` alone moves on with
+                # every event, which the next report covers).
+                if not self._dirty:
                     return
 
     async def wait(self) -> None:
