@@ -6,7 +6,8 @@ comes from two places only, so it never names a product, plan or topic that is i
 neither the message nor the knowledge base:
 
 1. the knowledge base as indexed now (:class:`ingest.topics.TopicIndex`: titles and
-   section headings, kept current by the ingest worker), when the message is close to
+   section headings, rebuilt in the background as the ingest worker reports changes —
+   never on an acknowledgment's path), when the message is close to
    one (cosine ≥ ``min_similarity`` with a content word in common, or ≥ ``sure_similarity``);
 2. the customer's own words (the message's key noun phrase, "your free plan");
 
@@ -106,8 +107,6 @@ class AckAgent:
         ``flags``: the message's escalation flags when the caller has read them already.
         ``titles``: titles of documents retrieval found for the turn, if known already.
         """
-        if self._topics is not None:
-            self._topics.refresh()
         flags = detect_flags(text) if flags is None else flags
         greeted = bool(_GREETING.match(text))
         after_greeting = _GREETING.sub("", text, count=1)

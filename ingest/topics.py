@@ -21,10 +21,12 @@ facts), and so are generic ones ("Overview", "Steps") and questions (a FAQ title
 "How do I …?" is not a phrase to say back).
 
 The index follows the store: :meth:`TopicIndex.note_change` (fed by the ingest worker and
-the registry watch) marks a document for re-reading, and :meth:`refresh` — called on
-every acknowledgment, never blocking — rebuilds in a background thread when a document
-changed or the knowledge base's ``as_of`` moved. A rebuild lists the chunk ids of both
-tiers and re-reads only the documents whose ids changed (ids are content-addressed).
+the registry watch) marks a document for re-reading and starts a background pass that
+rebuilds until nothing is left to read — at most once a second and at most 5 % of a core,
+so a burst of changes costs one rebuild, and never on a turn's path (a rebuild started by
+an acknowledgment measurably delayed the answer of the same turn). A rebuild lists the
+chunk ids of both tiers and re-reads only the documents whose ids changed (ids are
+content-addressed) or that were reported changed (an ACL change keeps the ids).
 """
 
 from __future__ import annotations
@@ -96,6 +98,14 @@ class TopicMatch:
 class _Doc:
     chunk_ids: frozenset[str]
     rows: tuple[tuple[Section, np.ndarray], ...]
+    #: what its topics depend on besides the text: (chunk id, public, title, heading)
+    signature: frozenset[tuple[str, bool, str, str]] = frozenset()
+
+
+def _signature(chunks: Iterable[StoredChunk]) -> frozenset[tuple[str, bool, str, str]]:
+    return frozenset((c.chunk_id, _PUBLIC in (c.metadata.get("acl") or ()),
+                      str(c.metadata.get("title") or ""), str(c.metadata.get("heading") or ""))
+                     for c in chunks)
 
 
 @dataclass(frozen=True)
@@ -191,6 +201,7 @@ class TopicIndex:
         self._built_as_of: datetime | None = None
         self._built = False
         self._lock = threading.Lock()
+        self._build_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duet-topics")
         self._future: Future[None] | None = None
         self._last_start = -math.inf
@@ -205,26 +216,41 @@ class TopicIndex:
     def current(self) -> bool:
         """Whether the last build has seen every change noted so far."""
         with self._lock:
-            return self._built and not self._dirty and self._as_of() == self._built_as_of
+            return self._current_locked()
+
+    def _current_locked(self) -> bool:
+        return self._built and not self._dirty and self._as_of() == self._built_as_of
 
     def note_change(self, doc_id: str) -> None:
-        """Mark a document as changed: the next rebuild reads it again."""
+        """Mark a document as changed and make sure a background pass will read it."""
         with self._lock:
             self._dirty.add(doc_id)
+        self.refresh()
 
     def refresh(self) -> bool:
-        """Start a background rebuild if anything changed; never blocks."""
-        if self.current:
-            return False
+        """Start the background pass if anything changed and none is running; never blocks."""
         with self._lock:
-            if self._future is not None and not self._future.done():
+            if self._current_locked() or (self._future is not None
+                                          and not self._future.done()):
                 return False
-            interval = max(self._min_interval_s, self._last_took_s / self._max_busy_share)
-            if self._built and self._clock() - self._last_start < interval:
-                return False
-            self._last_start = self._clock()
-            self._future = self._executor.submit(self.rebuild)
+            if self._built and not self._dirty:
+                self._dirty.add("")  # nothing reported, but ``as_of`` moved: one pass
+            self._future = self._executor.submit(self._drain)
         return True
+
+    def _drain(self) -> None:
+        """Rebuild, rate-limited, until every change noted meanwhile is built."""
+        while True:
+            interval = max(self._min_interval_s, self._last_took_s / self._max_busy_share)
+            wait_s = self._last_start + interval - self._clock()
+            if wait_s > 0:
+                time.sleep(wait_s)
+            self.rebuild()
+            with self._lock:
+                # Done when every reported change is read (``as_of`` alone moves on with
+                # every event, which the next report covers).
+                if not self._dirty:
+                    return
 
     async def wait(self) -> None:
         """Wait for a rebuild in progress, if any."""
@@ -234,7 +260,12 @@ class TopicIndex:
 
     def rebuild(self) -> None:
         """Re-read the documents that changed and swap in a new snapshot (blocking)."""
+        with self._build_lock:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
         started = time.perf_counter()
+        self._last_start = self._clock()
         with self._lock:
             dirty, self._dirty = self._dirty, set()
         as_of = self._as_of()
@@ -245,8 +276,20 @@ class TopicIndex:
                 current.setdefault(_doc_of(cid), set()).add(cid)
         tier_of = {cid: tier for tier, tier_ids in ids.items() for cid in tier_ids}
         docs = {d: doc for d, doc in self._docs.items() if d in current}
-        changed = [d for d, cids in current.items()
-                   if d in dirty or d not in docs or docs[d].chunk_ids != cids]
+        removed = len(docs) != len(self._docs)
+        changed = [d for d, cids in current.items() if d not in docs or docs[d].chunk_ids != cids]
+        # A document reported changed whose chunks are the same (an ACL change, or the
+        # registry watch repeating the worker) is re-read for its metadata only.
+        recheck = [d for d in dirty if d in docs and d not in changed]
+        if recheck:
+            for tier in Tier:
+                tier_ids = [cid for d in recheck for cid in current[d] if tier_of[cid] is tier]
+                metas: dict[str, list[StoredChunk]] = {}
+                for chunk in self._store.get(tier, tier_ids):
+                    metas.setdefault(_doc_of(chunk.chunk_id), []).append(chunk)
+                for doc_id, chunks in metas.items():
+                    if _signature(chunks) != docs[doc_id].signature and doc_id not in changed:
+                        changed.append(doc_id)
         if changed:
             wanted = [cid for d in changed for cid in current[d]]
             found: dict[str, list[StoredChunk]] = {d: [] for d in changed}
@@ -257,7 +300,11 @@ class TopicIndex:
                                                  embeddings=True):
                         found[_doc_of(chunk.chunk_id)].append(chunk)
             for doc_id in changed:
-                docs[doc_id] = _Doc(frozenset(current[doc_id]), _rows(doc_id, found[doc_id]))
+                docs[doc_id] = _Doc(frozenset(current[doc_id]), _rows(doc_id, found[doc_id]),
+                                    _signature(found[doc_id]))
+        if self._built and not changed and not removed:
+            self._built_as_of = as_of
+            return
         rows = [row for doc in docs.values() for row in doc.rows]
         sections = tuple(section for section, _ in rows)
         vectors = (np.stack([vector for _, vector in rows]) if rows
