@@ -81,10 +81,8 @@ async def slow_gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tup
     llm.tokens = [f"{step} " for step in STEPS]
     await llm.start()
     async with EmbeddedNats(tmp / "nats") as server:
-        # "word0 word1 …" is no answer: the grounding check (docs/answers.md) is off here.
         settings = make_settings(tmp, server.url, llm_base_url=llm.base_url,
-                                 llm_first_token_timeout_s=5.0, llm_total_timeout_s=30.0,
-                                 grounding_check=False)
+                                 llm_first_token_timeout_s=5.0, llm_total_timeout_s=30.0)
         async with run_gateway(settings) as gateway, \
                 httpx.AsyncClient(base_url=gateway.base_url) as client:
             res = await client.post("/v1/documents", params={"wait": "true"}, json=doc(
