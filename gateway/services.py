@@ -43,6 +43,8 @@ async def chat_services(state: AppState) -> AsyncIterator[ChatService]:
     js = nc.jetstream()
     escalations = await EscalationQueue.open(js, ttl_s=settings.session_ttl_s)
     audit = await AuditLog.open(js, max_age_s=settings.audit_max_age_s)
+    state.runtime.tasks.probe("keyword-index", agent.keyword.health)
+    state.runtime.tasks.probe("topic-index", kb.topics.health)
     async with agent, escalations:
         await agent.warm_up()
         router = TurnRouter(AckAgent(kb.embedder, intents, topics=kb.topics), agent,

@@ -328,6 +328,15 @@ class TopicIndex:
         order = np.argsort(-sims)[:k]
         return [TopicMatch(snap.sections[i], float(sims[i])) for i in order]
 
+    def health(self) -> str | None:
+        """None while background rebuilds succeed; else why the last one failed (``/healthz``
+        shows it: answers go on from the last good snapshot)."""
+        future = self._future
+        if future is None or not future.done() or future.cancelled():
+            return None
+        error = future.exception()
+        return None if error is None else f"topic index rebuild failed: {type(error).__name__}"
+
     def close(self) -> None:
         """Stop the rebuild thread (a rebuild in progress finishes on its own)."""
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -18,7 +18,8 @@ async def test_every_background_task_is_reported_and_a_dead_one_is_unhealthy(
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as client:
         health = (await client.get("/healthz")).json()
         assert health["status"] == "ok"
-        assert {"ingest-worker", "as-of-watch", "doc-watch"} <= set(health["tasks"])
+        assert {"ingest-worker", "as-of-watch", "doc-watch", "keyword-index",
+                "topic-index"} <= set(health["tasks"])
         assert all(t["ok"] and t["state"] == "running" for t in health["tasks"].values())
 
         async def broken() -> None:
@@ -39,3 +40,17 @@ async def test_every_background_task_is_reported_and_a_dead_one_is_unhealthy(
         # the public sees the verdict, not the details
         public = await client.get("/healthz", headers={"X-Forwarded-For": "203.0.113.9"})
         assert public.status_code == 503 and public.json() == {"status": "degraded"}
+
+
+async def test_a_failed_index_rebuild_is_unhealthy(gateway: Gateway) -> None:
+    from concurrent.futures import Future
+
+    keyword = gateway.state.chat.router.retrieval.keyword
+    failed: Future[None] = Future()
+    failed.set_exception(MemoryError())
+    keyword._future = failed  # what a rebuild thread leaves behind when it dies
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as client:
+        res = await client.get("/healthz")
+    assert res.status_code == 503
+    assert res.json()["tasks"]["keyword-index"]["error"] == (
+        "keyword index rebuild failed: MemoryError")
