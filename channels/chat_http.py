@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 from core.errors import DuetError
 from core.settings import Settings
 from gateway.channel import Channel
+from gateway.errors import validation_message
 from gateway.events import Done, ErrorEvent, Escalated, ServerEvent
 from gateway.protocol import (
     Customer,
@@ -77,9 +78,7 @@ async def chat_http(request: Request) -> Response:
     try:
         body = ChatRequest.model_validate_json(await request.body())
     except pydantic.ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
-                           for e in exc.errors())
-        return _refuse(ErrorCode.invalid_message, detail)
+        return _refuse(ErrorCode.invalid_message, validation_message(exc))
     try:
         identity = state.customer_tokens.verify(body.customer_token)
     except DuetError:

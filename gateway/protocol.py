@@ -8,12 +8,14 @@ with one of the codes below and changes nothing. Server events are typed in
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from core.errors import DuetError
+from gateway.errors import validation_message
 
 __all__ = [
     "MAX_TEXT_CHARS",
@@ -130,8 +132,9 @@ _BY_TYPE: dict[str, type[BaseModel]] = {
 }
 
 
-def parse_client_message(raw: str | bytes) -> ClientMessage:
-    """Validate one client frame; raises :class:`ProtocolError` with a precise code."""
+def parse_frame(raw: str | bytes, models: Mapping[str, type[BaseModel]]) -> BaseModel:
+    """Validate one JSON text frame against the model its ``type`` names (the chat and the
+    supervisor sockets alike); raises :class:`ProtocolError` with a precise code."""
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -141,16 +144,19 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.invalid_message, "a message must be a JSON object")
     kind = data.get("type")
-    model = _BY_TYPE.get(kind) if isinstance(kind, str) else None
+    model = models.get(kind) if isinstance(kind, str) else None
     if model is None:
         raise ProtocolError(ErrorCode.unknown_type,
-                            f"unknown message type {kind!r}; expected one of {sorted(_BY_TYPE)}")
+                            f"unknown message type; expected one of {sorted(models)}")
     try:
-        message = model.model_validate(data)
+        return model.model_validate(data)
     except pydantic.ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}"
-                           for e in exc.errors())
-        raise ProtocolError(ErrorCode.invalid_message, detail) from exc
+        raise ProtocolError(ErrorCode.invalid_message, validation_message(exc)) from exc
+
+
+def parse_client_message(raw: str | bytes) -> ClientMessage:
+    """Validate one chat-socket frame; raises :class:`ProtocolError` with a precise code."""
+    message = parse_frame(raw, _BY_TYPE)
     if isinstance(message, SendMessage):
         check_text(message.text)
     return message  # type: ignore[return-value]

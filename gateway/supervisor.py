@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -49,7 +48,7 @@ from gateway.events import (
     ServerEvent,
     UserMessage,
 )
-from gateway.protocol import SESSION_ID_PATTERN, ErrorCode, ProtocolError, check_text
+from gateway.protocol import SESSION_ID_PATTERN, ErrorCode, ProtocolError, check_text, parse_frame
 from gateway.service import ChatService
 from gateway.sessions import HISTORY_TURNS, Session
 
@@ -100,23 +99,7 @@ _BY_TYPE: dict[str, type[BaseModel]] = {
 
 def parse_supervisor_message(raw: str) -> SupervisorMessage:
     """Validate one supervisor frame; raises :class:`ProtocolError` with a precise code."""
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(ErrorCode.invalid_json, "not JSON") from exc
-    if not isinstance(data, dict):
-        raise ProtocolError(ErrorCode.invalid_message, "a message must be a JSON object")
-    kind = data.get("type")
-    model = _BY_TYPE.get(kind) if isinstance(kind, str) else None
-    if model is None:
-        raise ProtocolError(ErrorCode.unknown_type,
-                            f"unknown message type; expected one of {sorted(_BY_TYPE)}")
-    try:
-        message = model.model_validate(data)
-    except pydantic.ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}"
-                           for e in exc.errors(include_input=False))
-        raise ProtocolError(ErrorCode.invalid_message, detail) from exc
+    message = parse_frame(raw, _BY_TYPE)
     if isinstance(message, Message):
         check_text(message.text)
     return message  # type: ignore[return-value]

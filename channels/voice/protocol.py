@@ -14,6 +14,7 @@ from typing import Literal
 import pydantic
 from pydantic import Field
 
+from gateway.errors import validation_message
 from gateway.protocol import ClientMessage, ErrorCode, Hello, ProtocolError, parse_client_message
 
 __all__ = ["MAX_FRAME_BYTES", "VoiceErrorCode", "VoiceHello", "parse_voice_message"]
@@ -51,8 +52,7 @@ def parse_voice_message(raw: str) -> ClientMessage:
         try:
             return VoiceHello.model_validate(data)
         except pydantic.ValidationError as exc:
-            detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}"
-                               for e in exc.errors())
+            detail = validation_message(exc)
             code = (VoiceErrorCode.unsupported_audio
                     if any(e["loc"][:1] in (("sample_rate",), ("encoding",))
                            for e in exc.errors()) else ErrorCode.invalid_message)
