@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +17,8 @@ import httpx
 import pytest
 import websockets
 
-from core.natsd import EmbeddedNats, free_port
+from core.natsd import EmbeddedNats
+from tests.serve import ServeProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -32,47 +29,10 @@ DOC = {"event_type": "CREATE", "doc_id": "hub-reset", "version": 1,
        "metadata": {"title": "Resetting the hub", "acl": ["public"], "source": "cms"}}
 
 
-class Gateway:
-    """A `duet serve` child process."""
-
-    def __init__(self, data_dir: Path, nats_url: str, *, worker: bool = True) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}/v1/chat"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DUET_")}
-        env |= {"DUET_DATA_DIR": str(data_dir), "DUET_PORT": str(self.port),
-                "DUET_NATS_URL": nats_url, "DUET_LOG_LEVEL": "WARNING",
-                "DUET_LOAD_SAMPLE_KB": "0", "DUET_RUN_WORKER": "1" if worker else "0",
-                "DUET_CHAT_RATE_BURST": "50"}
-        log = (data_dir.parent / f"serve-{self.port}.log").open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "duet_cli", "serve"], env=env,
-                                     cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-
-    async def ready(self, timeout_s: float = 120.0) -> None:
-        async with httpx.AsyncClient(timeout=5) as client:
-            for _ in range(int(timeout_s / 0.2)):
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"gateway exited with {self.proc.returncode}")
-                try:
-                    if (await client.get(f"{self.base}/healthz")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.2)
-        raise AssertionError("gateway did not become healthy")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.kill()
+def start_gateway(data_dir: Path, nats_url: str, *, worker: bool = True) -> ServeProcess:
+    """A `duet serve` process for these tests."""
+    return ServeProcess(data_dir, nats_url, DUET_RUN_WORKER="1" if worker else "0",
+                        DUET_CHAT_RATE_BURST="50")
 
 
 class Customer:
@@ -115,7 +75,7 @@ class Customer:
         return got
 
 
-async def _post_doc(gw: Gateway) -> None:
+async def _post_doc(gw: ServeProcess) -> None:
     async with httpx.AsyncClient(timeout=60) as client:
         res = await client.post(f"{gw.base}/v1/documents", params={"wait": "true"}, json=DOC)
         assert res.status_code == 200, res.text
@@ -123,13 +83,13 @@ async def _post_doc(gw: Gateway) -> None:
 
 async def test_twenty_sessions_survive_a_sigkill_and_restart(tmp_path: Path) -> None:
     async with EmbeddedNats(tmp_path / "nats") as nats:
-        first = Gateway(tmp_path / "data", nats.url)
+        first = start_gateway(tmp_path / "data", nats.url)
         try:
             await first.ready()
             await _post_doc(first)
             customers = [Customer() for _ in range(20)]
             for c in customers:
-                await c.connect(first.ws_url)
+                await c.connect(f"{first.ws}/v1/chat")
             await asyncio.gather(*(c.ask("How do I factory reset the hub?") for c in customers))
             await asyncio.gather(*(c.ask("how long does that take?") for c in customers))
         finally:
@@ -138,12 +98,12 @@ async def test_twenty_sessions_survive_a_sigkill_and_restart(tmp_path: Path) -> 
             with pytest.raises(websockets.ConnectionClosed):
                 await c.recv(timeout_s=5)
 
-        second = Gateway(tmp_path / "data", nats.url)
+        second = start_gateway(tmp_path / "data", nats.url)
         try:
             await second.ready()
             for c in customers:
                 seen = list(c.events)
-                opened = await c.connect(second.ws_url, resume_from=0)
+                opened = await c.connect(f"{second.ws}/v1/chat", resume_from=0)
                 assert opened["resumed"] is True and opened["last_seq"] == seen[-1]["seq"]
                 replay = [await c.recv() for _ in range(len(seen))]
                 assert replay == seen  # nothing lost, nothing doubled, in order
@@ -163,22 +123,22 @@ async def test_twenty_sessions_survive_a_sigkill_and_restart(tmp_path: Path) -> 
 
 async def test_two_gateway_processes_serve_one_session(tmp_path: Path) -> None:
     async with EmbeddedNats(tmp_path / "nats") as nats:
-        a = Gateway(tmp_path / "a", nats.url)
-        b = Gateway(tmp_path / "b", nats.url, worker=False)
+        a = start_gateway(tmp_path / "a", nats.url)
+        b = start_gateway(tmp_path / "b", nats.url, worker=False)
         try:
             await asyncio.gather(a.ready(), b.ready())
             await _post_doc(a)
             customer = Customer()
-            await customer.connect(a.ws_url)
+            await customer.connect(f"{a.ws}/v1/chat")
             await customer.ask("How do I factory reset the hub?")
             listener = Customer()  # the same customer's other tab stays on A
             listener.session_id, listener.resume_token = customer.session_id, customer.resume_token
-            await listener.connect(a.ws_url)
+            await listener.connect(f"{a.ws}/v1/chat")
             await customer.ws.close()
 
             # the customer comes back through the other process
             seen = list(customer.events)
-            opened = await customer.connect(b.ws_url, resume_from=seen[-1]["seq"])
+            opened = await customer.connect(f"{b.ws}/v1/chat", resume_from=seen[-1]["seq"])
             assert opened["resumed"] is True and opened["last_seq"] == seen[-1]["seq"]
             turn = await customer.ask("thanks, and is there anything else I should know?")
             assert turn[0]["seq"] == seen[-1]["seq"] + 1
@@ -189,7 +149,7 @@ async def test_two_gateway_processes_serve_one_session(tmp_path: Path) -> None:
 
             # and back on A, a new turn continues the same sequence
             await customer.ws.close()
-            await customer.connect(a.ws_url, resume_from=turn[-1]["seq"])
+            await customer.connect(f"{a.ws}/v1/chat", resume_from=turn[-1]["seq"])
             again = await customer.ask("How do I factory reset the hub?")
             assert again[0]["seq"] == turn[-1]["seq"] + 1
             assert again[-1]["citations"][0]["doc_id"] == "hub-reset"

@@ -11,17 +11,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from core.natsd import EmbeddedNats, free_port
+from core.natsd import EmbeddedNats
 from tests.e2e.test_supervisor import DOC, Socket
+from tests.serve import ServeProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -30,54 +27,19 @@ ALICE = "alice-token-0123456789abcdef"
 BOB = "bob-token-0123456789abcdef01"
 
 
-class Serve:
-    """A `duet serve` child process with supervisor tokens."""
+class Serve(ServeProcess):
+    """A `duet serve` process with the two supervisors' tokens."""
 
     def __init__(self, data_dir: Path, nats_url: str, *, worker: bool = True) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.ws = f"ws://127.0.0.1:{self.port}"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DUET_")}
-        env |= {"DUET_DATA_DIR": str(data_dir), "DUET_PORT": str(self.port),
-                "DUET_NATS_URL": nats_url, "DUET_LOG_LEVEL": "WARNING",
-                "DUET_LOAD_SAMPLE_KB": "0", "DUET_RUN_WORKER": "1" if worker else "0",
-                "DUET_CHAT_RATE_BURST": "50",
-                "DUET_SUPERVISOR_TOKENS": f"alice:{ALICE},bob:{BOB}"}
-        log = (data_dir.parent / f"serve-{self.port}.log").open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "duet_cli", "serve"], env=env,
-                                     cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-
-    async def ready(self, timeout_s: float = 120.0) -> None:
-        async with httpx.AsyncClient(timeout=5) as client:
-            for _ in range(int(timeout_s / 0.2)):
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"gateway exited with {self.proc.returncode}")
-                try:
-                    if (await client.get(f"{self.base}/healthz")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.2)
-        raise AssertionError("gateway did not become healthy")
+        super().__init__(data_dir, nats_url, DUET_RUN_WORKER="1" if worker else "0",
+                         DUET_CHAT_RATE_BURST="50",
+                         DUET_SUPERVISOR_TOKENS=f"alice:{ALICE},bob:{BOB}")
 
     async def post_doc(self) -> None:
         async with httpx.AsyncClient(timeout=60) as client:
             res = await client.post(f"{self.base}/v1/documents", params={"wait": "true"},
                                     json=DOC)
             assert res.status_code == 200, res.text
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 async def chat(gw: Serve, hello: dict | None = None) -> tuple[Socket, dict]:

@@ -8,18 +8,15 @@ message is answered, exactly once.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from core.natsd import EmbeddedNats, free_port
+from core.natsd import EmbeddedNats
 from tests.fakes import FakeLLM
 from tests.fakes_whatsapp import FakeGraph, signed, text_delivery
+from tests.serve import ServeProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -31,50 +28,14 @@ DOC = {"event_type": "CREATE", "doc_id": "hub-reset", "version": 1,
        "metadata": {"title": "Resetting the hub", "acl": ["public"], "source": "cms"}}
 
 
-class Serve:
-    """A ``duet serve`` child process with the WhatsApp channel on."""
-
-    def __init__(self, data_dir: Path, nats_url: str, graph: FakeGraph, llm: FakeLLM) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DUET_")}
-        env |= {"DUET_DATA_DIR": str(data_dir), "DUET_PORT": str(self.port),
-                "DUET_NATS_URL": nats_url, "DUET_LOG_LEVEL": "WARNING",
-                "DUET_LOAD_SAMPLE_KB": "0", "DUET_LLM_BASE_URL": llm.base_url,
-                "DUET_LLM_FIRST_TOKEN_TIMEOUT_S": "10",
-                "DUET_WHATSAPP_ACCESS_TOKEN": graph.token,
-                "DUET_WHATSAPP_PHONE_NUMBER_ID": graph.phone_number_id,
-                "DUET_WHATSAPP_API_BASE": graph.base_url, "DUET_WHATSAPP_APP_SECRET": SECRET,
-                "DUET_WHATSAPP_ACK_DELAY_S": "0.2"}
-        log = (data_dir.parent / f"serve-{self.port}.log").open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "duet_cli", "serve"], env=env,
-                                     cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-
-    async def ready(self, timeout_s: float = 120.0) -> None:
-        async with httpx.AsyncClient(timeout=5) as client:
-            for _ in range(int(timeout_s / 0.2)):
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"gateway exited with {self.proc.returncode}")
-                try:
-                    if (await client.get(f"{self.base}/healthz")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.2)
-        raise AssertionError("gateway did not become healthy")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.kill()
+def start_gateway(data_dir: Path, nats_url: str, graph: FakeGraph, llm: FakeLLM) -> ServeProcess:
+    """A `duet serve` process with WhatsApp pointed at the local Graph API server."""
+    return ServeProcess(
+        data_dir, nats_url, DUET_LLM_BASE_URL=llm.base_url, DUET_LLM_FIRST_TOKEN_TIMEOUT_S="10",
+        DUET_WHATSAPP_ACCESS_TOKEN=graph.token,
+        DUET_WHATSAPP_PHONE_NUMBER_ID=graph.phone_number_id,
+        DUET_WHATSAPP_API_BASE=graph.base_url, DUET_WHATSAPP_APP_SECRET=SECRET,
+        DUET_WHATSAPP_ACK_DELAY_S="0.2")
 
 
 async def test_deliveries_accepted_before_a_sigkill_are_answered_once_after_it(
@@ -86,7 +47,7 @@ async def test_deliveries_accepted_before_a_sigkill_are_answered_once_after_it(
     senders = [f"1555020{i:04d}" for i in range(3)]
     try:
         async with EmbeddedNats(tmp_path / "nats") as nats:
-            first = Serve(tmp_path / "data", nats.url, graph, llm)
+            first = start_gateway(tmp_path / "data", nats.url, graph, llm)
             try:
                 await first.ready()
                 async with httpx.AsyncClient(base_url=first.base, timeout=60) as http:
@@ -105,7 +66,7 @@ async def test_deliveries_accepted_before_a_sigkill_are_answered_once_after_it(
                                if any("15 seconds" in t for t in graph.texts(s))}
             read_before = sum(1 for c in graph.calls if c.kind == "read")
 
-            second = Serve(tmp_path / "data", nats.url, graph, llm)
+            second = start_gateway(tmp_path / "data", nats.url, graph, llm)
             try:
                 await second.ready()
                 llm.mode = "ok"
