@@ -13,10 +13,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["TaskBoard", "TaskState"]
+__all__ = ["TaskBoard", "TaskState", "failure_of"]
 
 log = logging.getLogger("duet.tasks")
 
@@ -112,3 +113,11 @@ class TaskBoard:
     def healthy(self) -> bool:
         """Whether every task runs and every probe passes."""
         return all(state.ok for state in self.report().values())
+
+
+def failure_of(future: Future[Any] | None, what: str) -> str | None:
+    """A probe's answer for work run on a thread: None unless the last run raised."""
+    if future is None or not future.done() or future.cancelled():
+        return None
+    error = future.exception()
+    return None if error is None else f"{what} failed: {type(error).__name__}"

@@ -45,6 +45,7 @@ from datetime import datetime
 
 import numpy as np
 
+from core.tasks import failure_of
 from ingest.embeddings import Embedder
 from ingest.store import StoredChunk, Tier, VectorStore
 
@@ -331,11 +332,7 @@ class TopicIndex:
     def health(self) -> str | None:
         """None while background rebuilds succeed; else why the last one failed (``/healthz``
         shows it: answers go on from the last good snapshot)."""
-        future = self._future
-        if future is None or not future.done() or future.cancelled():
-            return None
-        error = future.exception()
-        return None if error is None else f"topic index rebuild failed: {type(error).__name__}"
+        return failure_of(self._future, "topic index rebuild")
 
     def close(self) -> None:
         """Stop the rebuild thread (a rebuild in progress finishes on its own)."""

@@ -38,6 +38,7 @@ import bm25s
 import numpy as np
 
 from agents.text import STOPWORDS, keyword_tokens, stem
+from core.tasks import failure_of
 from ingest.kb import UNREVIEWED_WEIGHT, Hit, KnowledgeBase, hit_from_metadata
 from ingest.store import Tier
 
@@ -290,11 +291,7 @@ class KeywordIndex:
     def health(self) -> str | None:
         """None while background rebuilds succeed; else why the last one failed (``/healthz``
         shows it: answers go on from the last good snapshot)."""
-        future = self._future
-        if future is None or not future.done() or future.cancelled():
-            return None
-        error = future.exception()
-        return None if error is None else f"keyword index rebuild failed: {type(error).__name__}"
+        return failure_of(self._future, "keyword index rebuild")
 
     def close(self) -> None:
         """Stop the rebuild thread (a rebuild in progress finishes on its own)."""
