@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 from core.errors import DuetError
 from core.settings import Settings
 from gateway.channel import Channel
-from gateway.errors import validation_message
+from gateway.errors import error_response, validation_message
 from gateway.events import Done, ErrorEvent, Escalated, ServerEvent
 from gateway.protocol import (
     Customer,
@@ -36,13 +36,6 @@ from gateway.state import AppState
 
 __all__ = ["ChatHttp", "ChatRequest", "channel"]
 
-_STATUS = {
-    ErrorCode.message_too_long: 413, ErrorCode.rate_limited: 429,
-    ErrorCode.duplicate_message: 409, ErrorCode.unauthorized: 401,
-    ErrorCode.unavailable: 503, ErrorCode.turn_failed: 502,
-}
-
-
 class ChatRequest(BaseModel):
     """The plain HTTP form of one turn."""
 
@@ -56,10 +49,9 @@ class ChatRequest(BaseModel):
     id: MessageId | None = Field(None, description="Client message id.")
 
 
-def _refuse(code: str, message: str, status: int | None = None) -> JSONResponse:
-    headers = {"Retry-After": "1"} if code == ErrorCode.unavailable else None
-    return JSONResponse({"error": {"code": code, "message": message}},
-                        status_code=status or _STATUS.get(code, 422), headers=headers)
+def _refuse(code: str, message: str) -> JSONResponse:
+    """The one error edge's answer for a chat refusal (status by code, Retry-After on 503)."""
+    return error_response(ProtocolError(code, message))
 
 
 async def _turn_events(stream: EventStream, turn_id: str) -> AsyncIterator[ServerEvent]:

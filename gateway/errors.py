@@ -74,14 +74,13 @@ _STATUS_BY_TYPE: tuple[tuple[type[DuetError], int], ...] = (
     (ConflictError, 409),
 )
 # For DuetError subclasses defined outside core.errors (the chat protocol's errors).
-# (chat.py today: 413 message_too_long, 429 rate_limited, 409 for a session conflict.)
 _STATUS_BY_CODE = {
     "invalid": 422, "invalid_json": 422, "invalid_message": 422, "unknown_type": 422,
     "empty_message": 422, "binary_not_supported": 415, "unauthorized": 401,
     "forbidden": 403, "not_found": 404, "conflict": 409, "duplicate_message": 409,
     "resume_gap": 409, "no_turn": 409, "too_large": 413, "message_too_long": 413,
     "unsupported_media_type": 415, "rate_limited": 429, "dependency": 503, "timeout": 504,
-    "turn_failed": 500, "fatal": 500,
+    "unavailable": 503, "turn_failed": 502, "fatal": 500,
 }
 _CODE_BY_STATUS = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
