@@ -64,6 +64,25 @@ class Settings(BaseSettings):
     consumer_name: str = Field("duet-ingest", description="Durable pull consumer of the worker.")
     registry_bucket: str = Field("DUET_REGISTRY", description="JetStream KV bucket of documents.")
     collection_prefix: str = Field("duet", description="Prefix of the Chroma collection names.")
+    # Limits of what JetStream keeps (core/streams.py): no writer can fill the disk. A full
+    # stream of accepted work refuses new writes (a clear 503), it never drops what it holds.
+    docs_stream_max_bytes: int = Field(
+        1024**3, ge=16 * 1024**2, description="Bytes of document events the stream keeps; when "
+        "full, new document writes are refused until applied events age out.")
+    docs_stream_max_age: Duration = Field(
+        timedelta(days=14), description="How long a document event (and a dead letter) is kept "
+        "in the stream; the registry keeps the documents themselves.")
+    registry_max_bytes: int = Field(
+        2 * 1024**3, ge=16 * 1024**2, description="Bytes the document registry bucket may hold "
+        "(documents' text and versions); when full, new documents are refused.")
+    state_bucket_max_bytes: int = Field(
+        256 * 1024**2, ge=1024**2, description="Bytes each bucket of gateway state may hold "
+        "(sessions, conversations, WhatsApp message ids and lines).")
+    audit_max_bytes: int = Field(
+        1024**3, ge=1024**2, description="Bytes the audit log keeps (the oldest entries go first).")
+    whatsapp_inbox_max_bytes: int = Field(
+        256 * 1024**2, ge=1024**2, description="Bytes of WhatsApp webhooks waiting to be "
+        "handled; when full, Meta's deliveries are refused (it retries).")
     hot_max_age: Duration = Field(
         timedelta(days=7), description="A document unchanged this long moves from hot to cold."
     )

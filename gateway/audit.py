@@ -16,9 +16,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    StorageType,
+    StreamConfig,
+)
 from pydantic import BaseModel, Field
+
+from core.streams import ensure_stream
 
 __all__ = ["AuditEntry", "AuditLog"]
 
@@ -45,19 +53,12 @@ class AuditLog:
         self._memory: list[AuditEntry] = []
 
     @classmethod
-    async def open(cls, js: JetStreamContext, *, max_age_s: float = 90 * 86400.0) -> AuditLog:
-        """The log over the ``DUET_AUDIT`` stream (created if missing)."""
-        config = StreamConfig(name=STREAM, subjects=["duet.audit.*"], storage=StorageType.FILE,
-                              max_age=max_age_s)
-        try:
-            await js.stream_info(STREAM)
-        except NotFoundError:
-            try:
-                await js.add_stream(config)
-            except BadRequestError:
-                await js.update_stream(config)
-        else:
-            await js.update_stream(config)
+    async def open(cls, js: JetStreamContext, *, max_age_s: float = 90 * 86400.0,
+                   max_bytes: int = 1024**3) -> AuditLog:
+        """The log over the ``DUET_AUDIT`` stream (created if missing; oldest entries go first)."""
+        await ensure_stream(js, StreamConfig(
+            name=STREAM, subjects=["duet.audit.*"], storage=StorageType.FILE,
+            max_age=max_age_s, max_bytes=max_bytes, discard=DiscardPolicy.OLD))
         return cls(js)
 
     async def record(self, actor: str, action: str, session_id: str, **detail: Any) -> None:

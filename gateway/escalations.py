@@ -36,7 +36,6 @@ from typing import Protocol
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoKeysError,
@@ -44,6 +43,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
+from core.streams import MEMORY_BUCKET_MAX_BYTES, ensure_kv
 from gateway.protocol import ErrorCode, ProtocolError
 
 __all__ = [
@@ -274,20 +274,14 @@ class EscalationQueue:
 
     @classmethod
     async def open(cls, js: JetStreamContext, *, bucket: str = "DUET_CONVERSATIONS",
-                   ttl_s: float = 86400.0) -> EscalationQueue:
-        """The queue over JetStream (buckets created if missing)."""
-        try:
-            kv = await js.key_value(bucket)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(config=KeyValueConfig(
-                bucket=bucket, history=1, ttl=ttl_s, storage=StorageType.FILE,
-                max_value_size=1024 * 1024))
-        try:
-            presence = await js.key_value("DUET_SUPERVISORS")
-        except BucketNotFoundError:
-            presence = await js.create_key_value(config=KeyValueConfig(
-                bucket="DUET_SUPERVISORS", history=1, ttl=PRESENCE_TTL_S,
-                storage=StorageType.MEMORY))
+                   ttl_s: float = 86400.0, max_bytes: int = 256 * 1024**2) -> EscalationQueue:
+        """The queue over JetStream (buckets created if missing, limits kept up to date)."""
+        kv = await ensure_kv(js, KeyValueConfig(
+            bucket=bucket, history=1, ttl=ttl_s, storage=StorageType.FILE,
+            max_value_size=1024 * 1024, max_bytes=max_bytes))
+        presence = await ensure_kv(js, KeyValueConfig(
+            bucket="DUET_SUPERVISORS", history=1, ttl=PRESENCE_TTL_S,
+            storage=StorageType.MEMORY, max_bytes=MEMORY_BUCKET_MAX_BYTES))
         return cls(_BucketStore(kv, presence))
 
     # --- lifetime ----------------------------------------------------------------------

@@ -39,10 +39,13 @@ async def chat_services(state: AppState) -> AsyncIterator[ChatService]:
     if settings.durable_sessions:
         journal = await SessionJournal.open(
             nc.jetstream(), log_events=settings.session_log_events,
-            ttl_s=settings.session_ttl_s, max_bytes=settings.session_log_max_bytes)
+            ttl_s=settings.session_ttl_s, max_bytes=settings.session_log_max_bytes,
+            bucket_max_bytes=settings.state_bucket_max_bytes)
     js = nc.jetstream()
-    escalations = await EscalationQueue.open(js, ttl_s=settings.session_ttl_s)
-    audit = await AuditLog.open(js, max_age_s=settings.audit_max_age_s)
+    escalations = await EscalationQueue.open(js, ttl_s=settings.session_ttl_s,
+                                             max_bytes=settings.state_bucket_max_bytes)
+    audit = await AuditLog.open(js, max_age_s=settings.audit_max_age_s,
+                                max_bytes=settings.audit_max_bytes)
     state.runtime.tasks.probe("keyword-index", agent.keyword.health)
     state.runtime.tasks.probe("topic-index", kb.topics.health)
     async with agent, escalations:

@@ -35,8 +35,6 @@ from nats.js.api import (
 )
 from nats.js.errors import (
     APIError,
-    BadRequestError,
-    BucketNotFoundError,
     KeyNotFoundError,
     NotFoundError,
 )
@@ -44,6 +42,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
 from core.errors import ConflictError, DependencyError
+from core.streams import MEMORY_BUCKET_MAX_BYTES, ensure_kv, ensure_stream
 from gateway.events import ServerEvent, parse_event
 
 __all__ = ["HEARTBEAT_TTL_S", "INSTANCE_HEADER", "JournalConflict", "Logged", "SessionJournal", "SessionRecord"]
@@ -106,35 +105,22 @@ class SessionJournal:
     async def open(cls, js: JetStreamContext, *, bucket: str = "DUET_SESSIONS",
                    stream: str = "DUET_SESSION_LOG", log_events: int = 5000,
                    ttl_s: float = 86400.0, max_event_bytes: int = 256 * 1024,
-                   max_bytes: int = 1024**3) -> SessionJournal:
+                   max_bytes: int = 1024**3, bucket_max_bytes: int = 256 * 1024**2,
+                   ) -> SessionJournal:
         """Create (or bring up to date) the bucket and the stream."""
-        try:
-            kv = await js.key_value(bucket)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(config=KeyValueConfig(
-                bucket=bucket, history=1, ttl=ttl_s, storage=StorageType.FILE,
-                max_value_size=1024 * 1024))
-        try:
-            instances = await js.key_value(f"{bucket}_GATEWAYS")
-        except BucketNotFoundError:
-            instances = await js.create_key_value(config=KeyValueConfig(
-                bucket=f"{bucket}_GATEWAYS", history=1, ttl=HEARTBEAT_TTL_S,
-                storage=StorageType.MEMORY))
+        kv = await ensure_kv(js, KeyValueConfig(
+            bucket=bucket, history=1, ttl=ttl_s, storage=StorageType.FILE,
+            max_value_size=1024 * 1024, max_bytes=bucket_max_bytes))
+        instances = await ensure_kv(js, KeyValueConfig(
+            bucket=f"{bucket}_GATEWAYS", history=1, ttl=HEARTBEAT_TTL_S,
+            storage=StorageType.MEMORY, max_bytes=MEMORY_BUCKET_MAX_BYTES))
         config = StreamConfig(
             name=stream, subjects=["duet.sessions.*"], storage=StorageType.FILE,
             max_msgs_per_subject=log_events, max_age=ttl_s, discard=DiscardPolicy.OLD,
             max_msg_size=max_event_bytes, max_bytes=max_bytes,
             duplicate_window=min(120.0, ttl_s),
         )
-        try:
-            await js.stream_info(stream)
-        except NotFoundError:
-            try:
-                await js.add_stream(config)
-            except BadRequestError:
-                await js.update_stream(config)  # a concurrent process created it first
-        else:
-            await js.update_stream(config)
+        await ensure_stream(js, config)
         return cls(js, kv, instances, stream=stream)
 
     @staticmethod

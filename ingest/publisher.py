@@ -69,6 +69,12 @@ async def publish_event(nc: NATS, event: DocumentEvent, *, event_id: str | None 
         if exc.err_code == _JS_MESSAGE_TOO_LARGE:
             raise PayloadTooLargeError(
                 f"event of {len(payload)} bytes is over the stream's message limit") from exc
+        if exc.description and "maximum" in exc.description and "exceeded" in exc.description:
+            # The stream refuses new events when full (it never drops accepted ones).
+            raise DependencyError(
+                f"the document stream is full ({exc.description}): documents are refused "
+                "until applied events age out or its limit (DUET_DOCS_STREAM_MAX_BYTES) is "
+                "raised") from exc
         raise DependencyError(f"JetStream refused the event: {exc.description}") from exc
     except Exception as exc:
         raise DependencyError(f"could not publish to JetStream: {type(exc).__name__}") from exc

@@ -14,7 +14,6 @@ from enum import StrEnum
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoKeysError,
@@ -23,6 +22,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
 from core.errors import ConflictError
+from core.streams import ensure_kv
 
 __all__ = ["DocRecord", "DocState", "Registry"]
 
@@ -66,18 +66,12 @@ class Registry:
         self._kv = kv
 
     @classmethod
-    async def open(cls, js: JetStreamContext, bucket: str, *, max_value_bytes: int) -> Registry:
-        """Open the bucket, creating it on first use."""
-        try:
-            kv = await js.key_value(bucket)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(
-                config=KeyValueConfig(
-                    bucket=bucket, history=1, storage=StorageType.FILE,
-                    max_value_size=max_value_bytes,
-                )
-            )
-        return cls(kv)
+    async def open(cls, js: JetStreamContext, bucket: str, *, max_value_bytes: int,
+                   max_bytes: int = 2 * 1024**3) -> Registry:
+        """Open the bucket, creating it on first use (its limits kept up to date)."""
+        return cls(await ensure_kv(js, KeyValueConfig(
+            bucket=bucket, history=1, storage=StorageType.FILE,
+            max_value_size=max_value_bytes, max_bytes=max_bytes)))
 
     async def get(self, doc_id: str) -> tuple[DocRecord | None, int | None]:
         """The record and its revision, or (None, None)."""

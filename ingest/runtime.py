@@ -89,7 +89,8 @@ class KnowledgeRuntime:
         js = self.nc.jetstream()
         await ensure_stream(js, s)
         self.registry = await Registry.open(js, s.registry_bucket,
-                                            max_value_bytes=2 * s.max_content_bytes + 65536)
+                                            max_value_bytes=2 * s.max_content_bytes + 65536,
+                                            max_bytes=s.registry_max_bytes)
         self._as_of = await self.registry.as_of()
         embedder = self._embedder or await asyncio.to_thread(build_embedder, s)
         store = self._store or await asyncio.to_thread(

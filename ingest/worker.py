@@ -23,12 +23,19 @@ import pydantic
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    StorageType,
+    StreamConfig,
+)
 
 from core.errors import DuetError
 from core.metrics import Metrics
 from core.settings import Settings
+from core.streams import ensure_stream as ensure_stream_config
 from ingest.aging import AgingJob
 from ingest.applier import Applier, ApplyResult, Outcome
 from ingest.events import DocumentEvent
@@ -49,20 +56,17 @@ def result_subject(event_id: str) -> str:
 
 
 async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
-    """Create the ``DUET_DOCS`` stream on ``docs.>``, or bring its config up to date."""
-    config = StreamConfig(
+    """Create the ``DUET_DOCS`` stream on ``docs.>``, or bring its config up to date.
+
+    Every event in it is accepted work, so when it is full it refuses new events (the
+    document API says so) rather than dropping old ones; applied events age out.
+    """
+    await ensure_stream_config(js, StreamConfig(
         name=settings.stream_name, subjects=["docs.>"], storage=StorageType.FILE,
         duplicate_window=120.0, max_msg_size=settings.max_content_bytes + 64 * 1024,
-    )
-    try:
-        await js.stream_info(settings.stream_name)
-    except NotFoundError:
-        try:
-            await js.add_stream(config)
-            return
-        except BadRequestError:
-            pass  # a concurrent process created it first
-    await js.update_stream(config)
+        max_bytes=settings.docs_stream_max_bytes,
+        max_age=settings.docs_stream_max_age.total_seconds(), discard=DiscardPolicy.NEW,
+    ))
 
 
 class IngestWorker:

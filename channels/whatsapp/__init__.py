@@ -82,7 +82,9 @@ class WhatsAppChannel(Channel):
         self.metrics = WhatsAppMetrics(state.metrics.registry)
         store = await WhatsAppStore.open(
             nc.jetstream(), dedup_ttl_s=settings.whatsapp_dedup_ttl_s,
-            lines_ttl_s=max(settings.session_ttl_s, settings.whatsapp_window_s) + 3600)
+            lines_ttl_s=max(settings.session_ttl_s, settings.whatsapp_window_s) + 3600,
+            inbox_max_bytes=settings.whatsapp_inbox_max_bytes,
+            bucket_max_bytes=settings.state_bucket_max_bytes)
         assert settings.whatsapp_access_token is not None
         assert settings.whatsapp_phone_number_id is not None
         graph = GraphClient(

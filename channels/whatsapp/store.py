@@ -30,12 +30,12 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.errors import NotFoundError as StreamNotFound
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
 from core.errors import DependencyError
+from core.streams import ensure_kv, ensure_stream
 
 __all__ = ["Line", "WhatsAppStore"]
 
@@ -68,23 +68,19 @@ class WhatsAppStore:
 
     @classmethod
     async def open(cls, js: JetStreamContext, *, dedup_ttl_s: float,
-                   lines_ttl_s: float, ack_wait_s: float = 30.0) -> WhatsAppStore:
+                   lines_ttl_s: float, ack_wait_s: float = 30.0,
+                   inbox_max_bytes: int = 256 * 1024**2,
+                   bucket_max_bytes: int = 256 * 1024**2) -> WhatsAppStore:
         """Create (or bring up to date) the stream, its consumer and the buckets."""
-        stream = StreamConfig(
+        await ensure_stream(js, StreamConfig(
             name=INBOX_STREAM, subjects=[INBOX_SUBJECT], retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE, max_age=dedup_ttl_s, duplicate_window=120.0,
-            discard=DiscardPolicy.NEW, max_msg_size=1024 * 1024)
-        try:
-            await js.stream_info(INBOX_STREAM)
-        except StreamNotFound:
-            await js.add_stream(stream)
-        else:
-            await js.update_stream(stream)
+            discard=DiscardPolicy.NEW, max_msg_size=1024 * 1024, max_bytes=inbox_max_bytes))
         await js.add_consumer(INBOX_STREAM, ConsumerConfig(
             durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait_s,
             max_ack_pending=1024, max_deliver=20, filter_subject=INBOX_SUBJECT))
-        ids = await _bucket(js, IDS_BUCKET, dedup_ttl_s)
-        lines = await _bucket(js, LINES_BUCKET, lines_ttl_s)
+        ids = await _bucket(js, IDS_BUCKET, dedup_ttl_s, bucket_max_bytes)
+        lines = await _bucket(js, LINES_BUCKET, lines_ttl_s, bucket_max_bytes)
         return cls(js, ids, lines)
 
     async def enqueue(self, body: bytes) -> int:
@@ -171,9 +167,6 @@ class WhatsAppStore:
         await self._lines.put(f"c.{session_id}", str(seq).encode())
 
 
-async def _bucket(js: JetStreamContext, name: str, ttl_s: float) -> KeyValue:
-    try:
-        return await js.key_value(name)
-    except BucketNotFoundError:
-        return await js.create_key_value(config=KeyValueConfig(
-            bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE))
+async def _bucket(js: JetStreamContext, name: str, ttl_s: float, max_bytes: int) -> KeyValue:
+    return await ensure_kv(js, KeyValueConfig(
+        bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE, max_bytes=max_bytes))
