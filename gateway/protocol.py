@@ -20,6 +20,7 @@ from gateway.errors import validation_message
 __all__ = [
     "MAX_TEXT_CHARS",
     "Cancel",
+    "ChannelName",
     "ClientMessage",
     "ErrorCode",
     "Handoff",
@@ -69,6 +70,8 @@ CustomerToken = Annotated[str, StringConstraints(min_length=1, max_length=8192)]
 #: An anonymous session's resume secret (from its first ``session`` event).
 ResumeToken = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 MessageId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+#: The channel a client names in ``hello`` (also a label of the session and the queue).
+ChannelName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_\-]{0,31}$")]
 
 
 class Customer(BaseModel):
@@ -95,8 +98,7 @@ class Hello(BaseModel):
         None, description="An anonymous session's resume secret (from its `session` event).")
     customer: Customer | None = Field(
         None, description="Ignored: the old client-claimed identity grants nothing.")
-    channel: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_\-]{0,31}$")] = Field(
-        "web", description="Channel the customer uses.")
+    channel: ChannelName = Field("web", description="Channel the customer uses.")
     resume_from: int | None = Field(None, ge=0, description="Replay events with seq > this.")
 
 

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from gateway.errors import validation_message
 from gateway.protocol import (
+    ChannelName,
     ClientMessage,
     ErrorCode,
     Hello,
@@ -42,7 +43,7 @@ class VoiceErrorCode:
 class VoiceHello(Hello):
     """Open or resume a session for a call, and say what audio comes."""
 
-    channel: str = Field("voice", description="Channel the customer uses.")
+    channel: ChannelName = Field("voice", description="Channel the customer uses.")
     sample_rate: int = Field(16000, ge=8000, le=48000,
                              description="Sample rate (Hz) of the caller's PCM frames.")
     encoding: Literal["pcm_s16le"] = Field("pcm_s16le", description="Encoding of the frames.")

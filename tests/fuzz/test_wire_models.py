@@ -188,6 +188,20 @@ def test_a_voice_hello_keeps_its_sample_rate(rate: int) -> None:
     assert isinstance(hello, VoiceHello) and hello.sample_rate == rate
 
 
+@settings(max_examples=examples(100))
+@given(st.one_of(nasty_text, st.from_regex(r"[a-z][a-z0-9_\-]{0,40}", fullmatch=True),
+                 st.builds(lambda n: "v" * n, st.integers(30, 100_000))))
+def test_the_voice_hello_names_a_channel_as_the_chat_hello_does(channel: str) -> None:
+    frame = json.dumps({"type": "hello", "channel": channel})
+    outcomes = []
+    for parse in (parse_client_message, parse_voice_message):
+        try:
+            outcomes.append(parse(frame).channel)  # type: ignore[union-attr]
+        except ProtocolError as exc:
+            outcomes.append(exc.code)
+    assert outcomes[0] == outcomes[1]
+
+
 # --- validation messages -----------------------------------------------------------------
 
 @settings(max_examples=examples(100))
@@ -201,6 +215,29 @@ def test_a_validation_message_is_bounded_whatever_the_input(extra: dict[str, Any
     message = validation_message(failed.value)
     assert message and len(message) <= 1000
     assert "k" * 200 not in message
+
+
+MARKER = "qx-input-value-qx"
+
+
+@settings(max_examples=examples(100))
+@given(message_like(CLIENT_TYPES, CLIENT_FIELDS), st.sampled_from([
+    parse_client_message, parse_supervisor_message, parse_voice_message]))
+def test_an_error_message_never_quotes_the_input(data: dict[str, Any], parse: Any) -> None:
+    def mark(value: Any) -> Any:
+        if isinstance(value, str):
+            return MARKER + value
+        if isinstance(value, list):
+            return [mark(v) for v in value]
+        if isinstance(value, dict):
+            return {k: mark(v) for k, v in value.items()}
+        return value
+
+    data = {k: (v if k == "type" else mark(v)) for k, v in data.items()}
+    try:
+        parse(json.dumps(data))
+    except ProtocolError as exc:
+        assert MARKER not in exc.message
 
 
 # --- server events -----------------------------------------------------------------------
