@@ -2,7 +2,8 @@
 
 Chat (``/v1/chat``), supervisor (``/v1/supervisor``) and voice (``/v1/voice``) sockets get
 fuzzed text frames (hostile JSON, invalid UTF-8 and lone surrogates sent as text) and binary
-frames. After each, a probe frame of an unknown type must get its ``unknown_type`` error:
+frames. After each, a probe frame (a ``message`` with a field named uniquely) must get its
+own ``invalid_message`` error, which names that field:
 the socket answered with ``error`` events or closed with a clear code (1003/1007/1008/1009),
 never crashed (1011) or hung. ``POST /v1/chat`` and ``POST /v1/documents`` with fuzzed
 bodies answer 4xx with the JSON error shape (or accept a valid body), never 5xx, and a
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,7 +41,6 @@ from tests.fuzz.strategies import (
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 SUPERVISOR = "fuzz-supervisor-token-0123456789"
-PROBE = json.dumps({"type": "probe-after-fuzz"})
 CLEAR_CLOSE = {1000, 1003, 1007, 1008, 1009}
 #: error codes that mean the server failed, not the input.
 SERVER_FAILURES = {"fatal", "unavailable", "turn_failed"}
@@ -93,16 +94,18 @@ async def _send(ws: Any, frame: Frame) -> None:
 
 
 async def _until_probe_answered(ws: Any, check: Any) -> int | None:
-    """Send the probe; read until its error. None: answered; else the close code."""
+    """Send a probe; read until its error. None: answered; else the close code."""
+    probe = f"probe-{uuid.uuid4().hex[:12]}"  # no earlier frame's answer can name it
     try:
-        await ws.send(PROBE)
+        await ws.send(json.dumps({"type": "message", probe: 1}))
         while True:
             item = json.loads(await asyncio.wait_for(ws.recv(), 60))
             assert isinstance(item, dict) and isinstance(item.get("type"), str), item
             if item["type"] == "error":
                 assert item["code"] not in SERVER_FAILURES, item
                 assert isinstance(item["message"], str) and item["message"], item
-                if item["code"] == "unknown_type" and "probe" not in item["message"]:
+                if probe in item["message"]:
+                    assert item["code"] == "invalid_message", item
                     return None
             check(item)
     except websockets.ConnectionClosed as closed:
