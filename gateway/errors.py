@@ -94,8 +94,12 @@ _CODE_BY_STATUS = {
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
-    """The wire shape of an HTTP refusal."""
-    return {"error": {"code": code, "message": message}}
+    """The wire shape of an HTTP refusal (always encodable: a lone surrogate becomes ``?``)."""
+    return {"error": {"code": _utf8(code), "message": _utf8(message)}}
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def validation_message(exc: pydantic.ValidationError) -> str:

@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 from channels.chat_http import ChatRequest
 from channels.voice.protocol import VoiceHello, parse_voice_message
 from channels.whatsapp.payload import Delivery, parse_delivery
+from core import errors as core_errors
 from core.errors import UnauthorizedError
 from core.settings import Settings
 from gateway.auth import CustomerTokens, Identity
-from gateway.errors import validation_message
+from gateway.errors import error_response, status_for, validation_message
 from gateway.events import (
     AgentJoined,
     AgentLeft,
@@ -460,3 +461,27 @@ def test_a_minted_token_proves_its_sub_and_groups(sub: str, groups: list[str]) -
     identity = _verified(token)
     assert identity is not None and identity.customer_id == sub
     assert set(identity.groups) == {"public", *groups}
+
+
+# --- the error edge -----------------------------------------------------------------------
+
+_error_types = st.sampled_from([
+    core_errors.DuetError, core_errors.ValidationError, core_errors.PayloadTooLargeError,
+    core_errors.UnsupportedMediaError, core_errors.UnauthorizedError,
+    core_errors.ForbiddenError, core_errors.NotFoundError, core_errors.ConflictError,
+    core_errors.DependencyError, core_errors.TimeoutError_])
+
+
+@settings(max_examples=examples(150))
+@given(st.one_of(
+    st.builds(ProtocolError, st.sampled_from(sorted(ERROR_CODES)) | nasty_text, nasty_text,
+              retryable=st.booleans()),
+    st.builds(lambda kind, message, retryable: kind(message, retryable=retryable),
+              _error_types, nasty_text, st.booleans())))
+def test_every_refusal_renders_as_the_error_shape(exc: core_errors.DuetError) -> None:
+    status = status_for(exc)
+    assert 400 <= status <= 599
+    response = error_response(exc)
+    body = json.loads(response.body)
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert (response.headers.get("retry-after") is not None) == (status == 503)
