@@ -21,6 +21,8 @@ __all__ = [
     "nasty_text",
     "session_ids",
     "text_frames",
+    "unicode_text",
+    "whatsapp_deliveries",
 ]
 
 #: ``DUET_FUZZ_EXAMPLES``: examples per property when exploring deeper than CI does.
@@ -115,3 +117,21 @@ hostile_bytes = st.one_of(
                      b'{"type": "cancel"}', b"[" * 5000, b"\x00" * 7]),
     st.builds(lambda v: json.dumps(v).encode(), json_values),
 )
+
+_whatsapp_message = st.fixed_dictionaries(
+    {"id": unicode_text, "from": unicode_text},
+    optional={"timestamp": unicode_text | st.from_regex(r"[0-9]{1,5000}", fullmatch=True),
+              "type": st.sampled_from(["text", "interactive", "button", "audio", "image"])
+              | unicode_text,
+              "text": st.fixed_dictionaries({}, optional={"body": unicode_text}),
+              "interactive": json_values, "button": json_values, "audio": json_values})
+#: Webhook bodies of Meta's documented shape with arbitrary values where Meta has any.
+whatsapp_deliveries = st.fixed_dictionaries({
+    "object": st.just("whatsapp_business_account"),
+    "entry": st.lists(st.fixed_dictionaries({"changes": st.lists(st.fixed_dictionaries({
+        "field": st.sampled_from(["messages", "statuses"]),
+        "value": st.fixed_dictionaries({}, optional={
+            "messages": st.lists(_whatsapp_message, max_size=3),
+            "contacts": st.lists(json_values, max_size=2),
+            "statuses": st.lists(json_values, max_size=2),
+            "metadata": json_values})}), max_size=2)}), max_size=2)})

@@ -7,7 +7,8 @@ own ``invalid_message`` error, which names that field:
 the socket answered with ``error`` events or closed with a clear code (1003/1007/1008/1009),
 never crashed (1011) or hung. ``POST /v1/chat`` and ``POST /v1/documents`` with fuzzed
 bodies answer 4xx with the JSON error shape (or accept a valid body), never 5xx, and a
-refused document is never published. Afterwards an honest client is served and every
+refused document is never published. The WhatsApp webhook takes every signed body (its
+inbox consumer then drops what is malformed, never failing on it) and refuses unsigned ones. Afterwards an honest client is served and every
 connection's tasks are gone.
 """
 
@@ -26,9 +27,13 @@ import websockets
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from channels.whatsapp import WEBHOOK_PATH
+from channels.whatsapp.payload import sign
+from channels.whatsapp.store import CONSUMER, INBOX_STREAM
 from core.natsd import EmbeddedNats
 from gateway.events import parse_event
 from tests.conftest import Gateway, make_settings, run_gateway
+from tests.fakes_whatsapp import FakeGraph
 from tests.fuzz.strategies import (
     examples,
     hostile_bytes,
@@ -36,11 +41,13 @@ from tests.fuzz.strategies import (
     json_values,
     message_like,
     text_frames,
+    whatsapp_deliveries,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 SUPERVISOR = "fuzz-supervisor-token-0123456789"
+WHATSAPP_SECRET = "fuzz-meta-app-secret"
 CLEAR_CLOSE = {1000, 1003, 1007, 1008, 1009}
 #: error codes that mean the server failed, not the input.
 SERVER_FAILURES = {"fatal", "unavailable", "turn_failed"}
@@ -76,11 +83,18 @@ def _valid_utf8(text: str) -> bool:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    async with EmbeddedNats(tmp / "nats") as server:
-        settings_ = make_settings(tmp, server.url, chat_rate_burst=1000, chat_rate_per_s=100.0,
-                                  supervisor_tokens=f"fuzz:{SUPERVISOR}", agent_assist=False)
-        async with run_gateway(settings_) as gateway:
-            yield gateway
+    graph = await FakeGraph().start()
+    try:
+        async with EmbeddedNats(tmp / "nats") as server:
+            settings_ = make_settings(
+                tmp, server.url, chat_rate_burst=1000, chat_rate_per_s=100.0,
+                supervisor_tokens=f"fuzz:{SUPERVISOR}", agent_assist=False,
+                whatsapp_access_token=graph.token, whatsapp_phone_number_id=graph.phone_number_id,
+                whatsapp_api_base=graph.base_url, whatsapp_app_secret=WHATSAPP_SECRET)
+            async with run_gateway(settings_) as gateway:
+                yield gateway
+    finally:
+        await graph.close()
 
 
 async def _send(ws: Any, frame: Frame) -> None:
@@ -197,6 +211,36 @@ async def test_http_documents_answer_every_body_and_publish_only_what_they_accep
                                 headers={"content-type": content_type} if content_type else {})
     _refusal_or_ok(res)
     assert await _published(gw) - before == (1 if res.status_code == 202 else 0)
+
+
+@settings(max_examples=examples(40, socket=True))
+@given(st.one_of(
+    st.builds(lambda t: _raw_text(t), hostile_text), hostile_bytes,
+    st.builds(lambda v: json.dumps(v).encode(), json_values | whatsapp_deliveries)),
+    st.booleans())
+async def test_the_whatsapp_webhook_takes_signed_bodies_and_refuses_the_rest(
+        gw: Gateway, body: bytes, signed: bool) -> None:
+    headers = {"content-type": "application/json"}
+    if signed:
+        headers["x-hub-signature-256"] = sign(WHATSAPP_SECRET.encode(), body)
+    async with httpx.AsyncClient(base_url=gw.base_url, timeout=60) as client:
+        res = await client.post(WEBHOOK_PATH, content=body, headers=headers)
+    _refusal_or_ok(res)
+    assert res.status_code == (200 if signed else 401)
+
+
+async def test_every_whatsapp_delivery_was_handled_once(gw: Gateway) -> None:
+    """Malformed deliveries are dropped (term), the rest answered: none is redelivered
+    because handling it failed, and the inbox drains."""
+    js = gw.state.runtime.nc.jetstream()
+    for _ in range(600):
+        info = await js.consumer_info(INBOX_STREAM, CONSUMER)
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert info.num_pending == 0 and info.num_ack_pending == 0, info
+    assert info.num_redelivered == 0, info
+    assert info.delivered.stream_seq > 0  # the fuzz above did deliver
 
 
 async def test_after_the_fuzz_an_honest_client_is_served_and_no_task_is_left(

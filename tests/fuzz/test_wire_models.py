@@ -57,6 +57,7 @@ from tests.fuzz.strategies import (
     session_ids,
     text_frames,
     unicode_text,
+    whatsapp_deliveries,
 )
 
 pytestmark = pytest.mark.unit
@@ -363,27 +364,9 @@ def test_every_valid_document_event_is_accepted_and_comes_back(data: dict[str, A
 
 # --- WhatsApp deliveries ------------------------------------------------------------------
 
-_wa_message = st.fixed_dictionaries(
-    {"id": unicode_text, "from": unicode_text},
-    optional={"timestamp": unicode_text | st.from_regex(r"[0-9]{1,5000}", fullmatch=True),
-              "type": st.sampled_from(["text", "interactive", "button", "audio", "image"])
-              | unicode_text,
-              "text": st.fixed_dictionaries({}, optional={"body": unicode_text}),
-              "interactive": json_values, "button": json_values, "audio": json_values})
-_wa_delivery = st.fixed_dictionaries({
-    "object": st.just("whatsapp_business_account"),
-    "entry": st.lists(st.fixed_dictionaries({"changes": st.lists(st.fixed_dictionaries({
-        "field": st.sampled_from(["messages", "statuses"]),
-        "value": st.fixed_dictionaries({}, optional={
-            "messages": st.lists(_wa_message, max_size=3),
-            "contacts": st.lists(json_values, max_size=2),
-            "statuses": st.lists(json_values, max_size=2),
-            "metadata": json_values})}), max_size=2)}), max_size=2)})
-
-
 @settings(max_examples=examples(150))
-@given(st.one_of(hostile_text, hostile_bytes, st.builds(json.dumps, _wa_delivery),
-                 st.builds(lambda d: json.dumps(d).encode(), _wa_delivery)))
+@given(st.one_of(hostile_text, hostile_bytes, st.builds(json.dumps, whatsapp_deliveries),
+                 st.builds(lambda d: json.dumps(d).encode(), whatsapp_deliveries)))
 def test_a_whatsapp_delivery_is_parsed_or_refused_as_a_value_error(raw: str | bytes) -> None:
     try:
         delivery = parse_delivery(raw)
