@@ -186,7 +186,7 @@ def _refusal_or_ok(res: httpx.Response) -> None:
         assert error["message"] and len(error["message"]) <= 2000
 
 
-@settings(max_examples=examples(60, socket=True))
+@settings(max_examples=examples(40, socket=True))
 @given(_bodies, _json_types)
 async def test_http_chat_answers_every_body_with_a_clear_status(gw: Gateway, body: bytes,
                                                                 content_type: str) -> None:
@@ -201,7 +201,7 @@ async def _published(gw: Gateway) -> int:
     return (await js.stream_info(gw.settings.stream_name)).state.messages
 
 
-@settings(max_examples=examples(60, socket=True))
+@settings(max_examples=examples(40, socket=True))
 @given(_bodies, _json_types)
 async def test_http_documents_answer_every_body_and_publish_only_what_they_accept(
         gw: Gateway, body: bytes, content_type: str) -> None:

@@ -206,7 +206,7 @@ def test_the_voice_hello_names_a_channel_as_the_chat_hello_does(channel: str) ->
 
 # --- validation messages -----------------------------------------------------------------
 
-@settings(max_examples=examples(100))
+@settings(max_examples=examples(50))
 @given(st.dictionaries(unicode_text, json_values, max_size=30), st.integers(1, 3000))
 def test_a_validation_message_is_bounded_whatever_the_input(extra: dict[str, Any],
                                                             key_chars: int) -> None:
@@ -417,7 +417,7 @@ _claims = st.fixed_dictionaries({}, optional={
         unicode_text, max_size=40), "aud": _claim_values, "iss": _claim_values})
 
 
-@settings(max_examples=examples(150))
+@settings(max_examples=examples(100))
 @given(_claims, st.sampled_from(["HS256", "other key", "none"]))
 def test_signed_claims_are_an_identity_or_unauthorized(claims: dict[str, Any],
                                                        alg: str) -> None:
