@@ -336,6 +336,22 @@ def test_an_http_body_is_a_request_or_a_validation_error(raw: str | bytes) -> No
         assert model.model_validate_json(parsed.model_dump_json()) == parsed
 
 
+_chat_requests = st.fixed_dictionaries(
+    {"text": st.text(min_size=1, max_size=4000)},
+    optional={"session_id": session_ids, "customer_token": st.text(min_size=1, max_size=50),
+              "resume_token": st.text(min_size=1, max_size=200),
+              "id": st.text(min_size=1, max_size=128),
+              "customer": st.fixed_dictionaries({"id": st.text(min_size=1, max_size=20)})})
+
+
+@settings(max_examples=examples(100))
+@given(_chat_requests)
+def test_every_valid_http_chat_request_is_accepted_as_sent(data: dict[str, Any]) -> None:
+    request = ChatRequest.model_validate_json(json.dumps(data))
+    assert request.model_dump(exclude_unset=True) == data
+    assert ChatRequest.model_validate_json(json.dumps(data, ensure_ascii=False)) == request
+
+
 _doc_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,20}(\.[A-Za-z0-9_\-]{1,5}){0,2}",
                          fullmatch=True)
 _metadata = st.fixed_dictionaries({}, optional={
