@@ -45,6 +45,7 @@ from core.errors import (
 )
 
 __all__ = [
+    "MAX_PROBLEMS",
     "RETRY_AFTER_S",
     "error_body",
     "error_response",
@@ -59,6 +60,8 @@ log = logging.getLogger("duet.gateway")
 
 #: what a 503 asks the client to wait before trying again.
 RETRY_AFTER_S = 5
+#: the problems of one invalid input that are put into words (the rest are counted).
+MAX_PROBLEMS = 5
 
 # Most specific first: TimeoutError_ is a DependencyError, the size and media errors are
 # ValidationErrors.
@@ -91,15 +94,30 @@ _CODE_BY_STATUS = {
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
-    """The wire shape of an HTTP refusal."""
-    return {"error": {"code": code, "message": message}}
+    """The wire shape of an HTTP refusal (always encodable: a lone surrogate becomes ``?``)."""
+    return {"error": {"code": _utf8(code), "message": _utf8(message)}}
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def validation_message(exc: pydantic.ValidationError) -> str:
-    """One readable line per problem of a pydantic validation error (never the input)."""
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
-    )
+    """One readable line per problem of a pydantic validation error (never the input).
+
+    Bounded whatever came in: the first :data:`MAX_PROBLEMS` problems, field paths cut to
+    60 characters (a client's own key can be a megabyte long), each reason to 120.
+    """
+    problems = exc.errors(include_url=False, include_context=False, include_input=False)
+    lines = [f"{_clip('.'.join(map(str, e['loc'])) or 'body', 60)}: {_clip(e['msg'], 120)}"
+             for e in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        lines.append(f"and {len(problems) - MAX_PROBLEMS} more problems")
+    return "; ".join(lines)
+
+
+def _clip(text: str, chars: int) -> str:
+    return text if len(text) <= chars else text[:chars - 1] + "…"
 
 
 def status_for(exc: DuetError) -> int:

@@ -3,7 +3,9 @@
 Every transport renders these its own way (the chat websocket as JSON text frames, HTTP as
 server-sent events or one JSON body, voice as speech plus JSON); none re-parses a dict.
 ``session_id`` and ``seq`` are stamped by the session when an event is emitted
-(:meth:`ServerEvent.stamped`); ``turn_id`` ties an event to one turn.
+(:meth:`ServerEvent.stamped`); ``turn_id`` ties an event to one turn. Numbers are finite:
+NaN and infinities are not JSON, so an event holding one could not come back from its wire
+form (:func:`parse_event`).
 
 ::
 
@@ -47,7 +49,7 @@ DeltaSource = Literal["ack", "answer", "human", "system"]
 class ServerEvent(BaseModel):
     """Fields every server event carries."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     type: str = Field(description="Event type.")
     session_id: str | None = Field(None, description="The session (stamped on emit).")
@@ -96,7 +98,7 @@ class Delta(ServerEvent):
 class CitationOut(BaseModel):
     """A document the answer is grounded in."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     doc_id: str = Field(description="Document id.")
     title: str = Field(description="Document title.")
@@ -108,7 +110,7 @@ class CitationOut(BaseModel):
 class Timings(BaseModel):
     """Milliseconds from the turn's start."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     ack_first: float | None = Field(None, description="First acknowledgment delta.")
     answer_first: float | None = Field(None, description="First answer delta.")
@@ -148,7 +150,7 @@ class Escalated(ServerEvent):
 class AgentRef(BaseModel):
     """A human supervisor."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     id: str = Field(description="Supervisor id.")
     name: str = Field(description="Name shown to the customer.")

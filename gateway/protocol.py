@@ -7,11 +7,11 @@ with one of the codes below and changes nothing. Server events are typed in
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from core.errors import DuetError
@@ -20,13 +20,16 @@ from gateway.errors import validation_message
 __all__ = [
     "MAX_TEXT_CHARS",
     "Cancel",
+    "ChannelName",
     "ClientMessage",
     "ErrorCode",
     "Handoff",
     "Hello",
     "ProtocolError",
     "SendMessage",
+    "load_json",
     "parse_client_message",
+    "parse_frame",
 ]
 
 MAX_TEXT_CHARS = 4000
@@ -67,6 +70,8 @@ CustomerToken = Annotated[str, StringConstraints(min_length=1, max_length=8192)]
 #: An anonymous session's resume secret (from its first ``session`` event).
 ResumeToken = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 MessageId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+#: The channel a client names in ``hello`` (also a label of the session and the queue).
+ChannelName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_\-]{0,31}$")]
 
 
 class Customer(BaseModel):
@@ -93,8 +98,7 @@ class Hello(BaseModel):
         None, description="An anonymous session's resume secret (from its `session` event).")
     customer: Customer | None = Field(
         None, description="Ignored: the old client-claimed identity grants nothing.")
-    channel: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_\-]{0,31}$")] = Field(
-        "web", description="Channel the customer uses.")
+    channel: ChannelName = Field("web", description="Channel the customer uses.")
     resume_from: int | None = Field(None, ge=0, description="Replay events with seq > this.")
 
 
@@ -132,15 +136,31 @@ _BY_TYPE: dict[str, type[BaseModel]] = {
 }
 
 
+def load_json(raw: str | bytes) -> Any:
+    """One JSON document, as strictly as the HTTP bodies are read (pydantic's parser).
+
+    Raises :class:`ProtocolError` ``invalid_json`` for anything that is not one UTF-8 JSON
+    document: invalid UTF-8 or lone surrogates (also as ``\\ud800`` escapes), a BOM,
+    ``NaN``/``Infinity`` literals, numbers of more than 4300 digits, or nesting deeper than
+    200 levels (refused without recursing further). A key given twice keeps its last value.
+    """
+    if isinstance(raw, str):
+        try:
+            raw = raw.encode()
+        except UnicodeEncodeError as exc:
+            raise ProtocolError(ErrorCode.invalid_json,
+                                "not JSON: the text is not valid Unicode (lone surrogate)"
+                                ) from exc
+    try:
+        return pydantic_core.from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:  # jiter's error names the problem and its position only
+        raise ProtocolError(ErrorCode.invalid_json, f"not JSON: {exc}") from exc
+
+
 def parse_frame(raw: str | bytes, models: Mapping[str, type[BaseModel]]) -> BaseModel:
     """Validate one JSON text frame against the model its ``type`` names (the chat and the
     supervisor sockets alike); raises :class:`ProtocolError` with a precise code."""
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(ErrorCode.invalid_json, f"not JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise ProtocolError(ErrorCode.invalid_json, "JSON nested too deeply") from exc
+    data = load_json(raw)
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.invalid_message, "a message must be a JSON object")
     kind = data.get("type")

@@ -8,14 +8,21 @@ frames are 16-bit little-endian mono PCM at that rate.
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 import pydantic
 from pydantic import Field
 
 from gateway.errors import validation_message
-from gateway.protocol import ClientMessage, ErrorCode, Hello, ProtocolError, parse_client_message
+from gateway.protocol import (
+    ChannelName,
+    ClientMessage,
+    ErrorCode,
+    Hello,
+    ProtocolError,
+    load_json,
+    parse_client_message,
+)
 
 __all__ = ["MAX_FRAME_BYTES", "VoiceErrorCode", "VoiceHello", "parse_voice_message"]
 
@@ -36,7 +43,7 @@ class VoiceErrorCode:
 class VoiceHello(Hello):
     """Open or resume a session for a call, and say what audio comes."""
 
-    channel: str = Field("voice", description="Channel the customer uses.")
+    channel: ChannelName = Field("voice", description="Channel the customer uses.")
     sample_rate: int = Field(16000, ge=8000, le=48000,
                              description="Sample rate (Hz) of the caller's PCM frames.")
     encoding: Literal["pcm_s16le"] = Field("pcm_s16le", description="Encoding of the frames.")
@@ -45,9 +52,9 @@ class VoiceHello(Hello):
 def parse_voice_message(raw: str) -> ClientMessage:
     """A text frame of the voice socket; raises :class:`ProtocolError` with a precise code."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        data = None
+        data = load_json(raw)
+    except ProtocolError:
+        data = None  # parse_client_message says what is wrong
     if isinstance(data, dict) and data.get("type") == "hello":
         try:
             return VoiceHello.model_validate(data)

@@ -204,6 +204,8 @@ class _Connection:
 def _looks_like_json(data: bytes) -> bool:
     try:
         json.loads(data)
+    except RecursionError:  # JSON nested too deeply is JSON all the same, not audio
+        return True
     except (ValueError, UnicodeDecodeError):
         return False
     return True
