@@ -190,6 +190,7 @@ class Conversation:
             raise ProtocolError(ErrorCode.duplicate_message,
                                 f"message {message_id!r} was already received")
         if not session.limiter.take():
+            self._service.metrics.refusals.labels("messages_per_session").inc()
             self._retry_after_s = retry_after_s(1 / session.limiter.per_s)
             raise _rate_limited("too many messages; slow down and try again shortly",
                                 1 / session.limiter.per_s)
