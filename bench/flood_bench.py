@@ -39,8 +39,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bench.chat_bench import QUESTIONS, GatewayProcess, gateway_process, phrase
 from bench.common import save, summary
+from core.settings import Settings
 
-__all__ = ["Honest", "main", "refusal_counts", "rss_mib"]
+__all__ = ["DEFAULT_LIMITS", "Honest", "main", "refusal_counts", "rss_mib"]
+
+#: The limits as shipped (gateway_process lifts the per-address ones for load generators).
+DEFAULT_LIMITS = {f"DUET_{name.upper()}": str(Settings.model_fields[name].default) for name in (
+    "conn_per_address", "sessions_per_address", "session_open_burst", "session_open_rate_per_s",
+    "address_message_burst", "address_message_rate_per_s")}
 
 FLOOD = "127.0.0.1"
 HONEST = "127.0.0.2"
@@ -231,7 +237,7 @@ async def _rss_peak(pid: int) -> AsyncIterator[list[float]]:
 async def main(seconds: float = 20.0) -> None:
     """Baseline, then each flood for ``seconds`` with the honest customer asking."""
     results: dict[str, Any] = {"seconds_per_phase": seconds}
-    async with gateway_process() as gw, \
+    async with gateway_process(**DEFAULT_LIMITS) as gw, \
             httpx.AsyncClient(base_url=gw.base_url, timeout=30) as probe, \
             Honest(gw) as honest:
         for _ in range(3):
