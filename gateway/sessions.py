@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import hashlib
 import hmac
 import logging
@@ -61,6 +64,22 @@ __all__ = ["Interrupted", "Session", "SessionLimits", "Sessions", "SessionsFull"
 log = logging.getLogger("duet.gateway")
 
 HISTORY_TURNS = 20
+#: Sessions let go before the reaper collects garbage and hands freed heap back to the
+#: system (CPython keeps freed memory otherwise; one collection after many releases).
+RELEASES_BEFORE_COMPACT = 64
+
+
+def _compact_heap() -> None:
+    """Collect cycles, then ask glibc to return free heap pages (no-op elsewhere)."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 @dataclass
@@ -463,6 +482,7 @@ class Sessions:
         #: Held sessions per client address, least recently active first.
         self._by_address: dict[str, OrderedDict[str, None]] = {}
         self._ended_hooks: list[Callable[[Session], Awaitable[None]]] = []
+        self._released_since_compact = 0
         self._pass_hooks: list[Callable[[], Awaitable[None]]] = []
         self._loading: dict[str, asyncio.Future[Session | None]] = {}
         self._log_size = log_size
@@ -582,6 +602,7 @@ class Sessions:
                 if not mine:
                     del self._by_address[session.address]
         self._count()
+        self._released_since_compact += 1
         if self._metrics is not None:
             self._metrics.sessions_released.labels(reason).inc()
         await self.unwatch_idle(session)
@@ -753,6 +774,9 @@ class Sessions:
                 await self._release(session, "unloaded")
             elif idle_s > limits.shed_s:
                 session.shed()
+        if self._released_since_compact >= RELEASES_BEFORE_COMPACT:
+            self._released_since_compact = 0
+            await asyncio.to_thread(_compact_heap)
         for hook in self._pass_hooks:
             try:
                 await hook()
