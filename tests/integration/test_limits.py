@@ -239,3 +239,33 @@ async def test_waiting_entries_leave_the_queue_when_their_sessions_end(
         assert abandoned == 3
         await new.close()
         await stays.close()
+
+
+async def test_an_idle_durable_session_leaves_memory_and_resumes_whole(
+        tmp_path: Path, nats_server: EmbeddedNats) -> None:
+    async with gateway_with(tmp_path, nats_server.url, session_unload_s=0.5,
+                            session_shed_s=0.5) as gw:
+        sessions = gw.state.chat.sessions
+        chat, opened = await hello(gw)
+        await chat.send(type="message", text="how do I track my order?")
+        answered = await chat.until("done")
+        await chat.close()
+        for _ in range(200):
+            if sessions.held(opened["session_id"]) is None:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the idle durable session stayed in memory")
+        assert gw.state.metrics.registry.get_sample_value(
+            "duet_sessions_released_total", {"reason": "unloaded"}) == 1
+        back, reopened = await hello(gw, session_id=opened["session_id"],
+                                     resume_token=opened["resume_token"],
+                                     resume_from=answered[0]["seq"] - 1)
+        assert reopened["resumed"] is True and reopened["last_seq"] == answered[-1]["seq"]
+        replay = [await back.recv() for _ in range(len(answered))]
+        assert [e["type"] for e in replay] == [e["type"] for e in answered]
+        assert sessions.held(opened["session_id"]).history[0] == (
+            "user", "how do I track my order?")
+        await back.send(type="message", text="and how long does shipping take?")
+        assert (await back.until("done"))[-1]["seq"] > answered[-1]["seq"]
+        await back.close()
