@@ -6,6 +6,7 @@ parsed once at start-up into :class:`Settings` and passed down by constructor.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -146,6 +147,18 @@ class Settings(BaseSettings):
     session_shed_s: float = Field(
         60.0, gt=0, description="A session with no connection and no turn this long drops "
         "its prefetched passages (refetched on its next turn).")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str | None) -> str | None:
+        for part in (value or "").split(","):
+            if part.strip():
+                try:
+                    ipaddress.ip_network(part.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"not an address or CIDR: {part.strip()!r}") from None
+        return value
+
     ack_hold_s: float = Field(
         0.1, ge=0, description="Longest wait of a ready acknowledgment for the search to start.")
     session_ttl_s: float = Field(

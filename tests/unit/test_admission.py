@@ -141,3 +141,10 @@ async def test_reaper_ends_expired_sessions_and_tells_the_hooks() -> None:
         assert ended == [old.id] and passes == [1]
         assert sessions.held(old.id) is None
         assert sessions.held(shed.id) is shed and sessions.held(fresh.id) is fresh
+
+
+def test_a_bad_trusted_proxy_is_refused_at_start(tmp_path) -> None:
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match="not an address or CIDR"):
+        Settings(_env_file=None, data_dir=tmp_path, trusted_proxies="10.0.0.0/8, proxy.lan")
