@@ -269,3 +269,21 @@ async def test_an_idle_durable_session_leaves_memory_and_resumes_whole(
         await back.send(type="message", text="and how long does shipping take?")
         assert (await back.until("done"))[-1]["seq"] > answered[-1]["seq"]
         await back.close()
+
+
+async def test_past_the_total_everyone_gets_1013_or_503_but_probes_pass(
+        tmp_path: Path, nats_server: EmbeddedNats) -> None:
+    async with gateway_with(tmp_path, nats_server.url, conn_total=2) as gw, \
+            http(gw, HONEST) as client:
+        held = [await open_ws(gw), await open_ws(gw, HONEST)]
+        refused = await open_ws(gw, HONEST)
+        with pytest.raises(ConnectionClosed) as closed:
+            await refused.recv(timeout_s=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        res = await client.post("/v1/chat", json={"text": "hello"})
+        assert res.status_code == 503 and res.json()["error"]["code"] == "unavailable"
+        assert int(res.headers["retry-after"]) >= 1
+        assert (await client.get("/metrics")).status_code == 200
+        assert refusals(gw, "connections_total") == 2
+        for chat in held:
+            await chat.close()
