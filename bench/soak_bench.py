@@ -4,18 +4,18 @@ A real ``duet serve`` (:func:`bench.chat_bench.gateway_process`, sample knowledg
 durable sessions) is warmed up with a few turns; then ``--sessions`` customers (default
 200, spread over 127.0.1.x source addresses, four per address, as many households would be)
 each hold a chat websocket and ask a question every 15–45 s for ``--minutes`` (default 10).
-Then every customer leaves and the gateway idles for ``--idle-minutes`` (default 6: past
+Then every customer leaves and the gateway idles for ``--idle-minutes`` (default 7: past
 ``DUET_SESSION_UNLOAD_S``, 5 minutes, when idle durable sessions leave memory).
 
 The RSS of the ``duet serve`` process is sampled every 5 s throughout. Reported: the curve,
 start (after warm-up) / peak / end, the sessions held (``duet_sessions_held``) at the end,
-and whether RSS returned within 10 % of its start. CPython rarely gives freed memory back
-to the system, so "returned" is the strict form of "stopped growing"; ``--fast`` shortens
+and whether RSS returned within 10 % of its start (the reaper returns freed heap to the
+system after letting many sessions go, see docs/limits.md); ``--fast`` shortens
 the shed/unload times (``DUET_SESSION_SHED_S=5``, ``DUET_SESSION_UNLOAD_S=15``) for a quick
 look.
 
 ``python -m bench.soak_bench --minutes 1 --idle-minutes 0.5 --fast`` for a smoke run;
-``python -m bench.run soak`` runs the defaults (~16 minutes).
+``python -m bench.run soak`` runs the defaults (~18 minutes).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ async def _held(http: httpx.AsyncClient) -> float | None:
     return float(found.group(1)) if found else None
 
 
-async def main(minutes: float = 10.0, idle_minutes: float = 6.0, sessions: int = 200,
+async def main(minutes: float = 10.0, idle_minutes: float = 7.0, sessions: int = 200,
                fast: bool = False) -> None:
     """Run the soak and save ``bench-results/soak.json``."""
     env = dict(DEFAULT_LIMITS)  # four customers an address: the shipped limits hold
@@ -138,7 +138,7 @@ async def main(minutes: float = 10.0, idle_minutes: float = 6.0, sessions: int =
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="active phase length")
-    parser.add_argument("--idle-minutes", type=float, default=6.0, help="idle phase length")
+    parser.add_argument("--idle-minutes", type=float, default=7.0, help="idle phase length")
     parser.add_argument("--sessions", type=int, default=200, help="customers at once")
     parser.add_argument("--fast", action="store_true",
                         help="shed after 5 s and unload after 15 s instead of 60 s / 300 s")
