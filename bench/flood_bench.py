@@ -13,7 +13,9 @@ All the while an honest customer on 127.0.0.2 (all of 127/8 is loopback on Linux
 questions on one websocket session, one after another. Reported per phase: the honest
 customer's first answer (``perf_counter`` from send to the first ``answer`` delta, or its
 ``done`` when there is none) p50/p99 in ms, what the flood got through and what was refused
-(``duet_refusals_total`` deltas from ``/metrics``), and the gateway's RSS (``/proc``).
+(``duet_refusals_total`` deltas from ``/metrics``), the gateway's CPU seconds in the phase
+(and per refusal: an upper bound, the honest turns and admitted flood count too), and its
+RSS (``/proc``).
 
 ``python -m bench.flood_bench --seconds 5`` for a smoke run; ``python -m bench.run flood``
 runs it with the defaults (20 s a phase).
@@ -250,6 +252,7 @@ async def main(seconds: float = 20.0) -> None:
             before = await refusal_counts(probe)
             counts: Counter[str] = Counter()
             held: list[ClientConnection] = []
+            cpu0 = gw.cpu_s()
             until = time.monotonic() + seconds
             async with _rss_peak(gw.pid) as peak:
                 async with asyncio.TaskGroup() as group:
@@ -259,13 +262,17 @@ async def main(seconds: float = 20.0) -> None:
                     elif flood is not None:
                         group.create_task(flood(gw, until, counts))
                 health = (await probe.get("/healthz")).status_code
+            cpu_s = gw.cpu_s() - cpu0
             after = await refusal_counts(probe)
             for sock in held:
                 await sock.close()
+            refused = {k: after[k] - before.get(k, 0.0) for k in after
+                       if after[k] != before.get(k, 0.0)}
             results[name] = {
-                "honest": honest.take(), "flood": dict(counts),
-                "refusals": {k: after[k] - before.get(k, 0.0) for k in after
-                             if after[k] != before.get(k, 0.0)},
+                "honest": honest.take(), "flood": dict(counts), "refusals": refused,
+                "gateway_cpu_s": round(cpu_s, 2),
+                "gateway_cpu_ms_per_refusal": round(1000 * cpu_s / sum(refused.values()), 3)
+                if refused else None,
                 "healthz_during_flood": health,
                 "rss_peak_mib": peak[0], "rss_end_mib": rss_mib(gw.pid),
             }
