@@ -139,6 +139,9 @@ class ChatService:
             raise ProtocolError(ErrorCode.unauthorized, _REFUSED)
         if customer_id is not None and tuple(identity.groups) != session.groups:
             session.record.groups = list(identity.groups)  # the newest token says who it is
+        # the queue is the truth (a wait may have been closed while nobody held the session)
+        session.escalated = self.escalations.state(session.id) in (
+            ConversationState.waiting, ConversationState.human)
         return Conversation(self, session, resumed=True, resume_token=None, client=client)
 
     async def customer_present(self, session: Session) -> None:
