@@ -3,7 +3,7 @@
 Each benchmark writes its figures to ``bench-results/NAME.json``; the table at the end is
 read back from those files. A benchmark that fails is reported and the others still run
 (the exit status says so). Names: ingest, query, chat, stackfaq, answers,
-ingest_under_load, whatsapp, widget, supervisor, voice (default: all).
+ingest_under_load, whatsapp, widget, supervisor, voice, flood, soak (default: all).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ BENCHES = {
     "widget": "bench.widget_bench",
     "supervisor": "bench.supervisor_bench",
     "voice": "bench.voice_bench",
+    "flood": "bench.flood_bench",
+    "soak": "bench.soak_bench",
 }
 
 
@@ -141,6 +143,19 @@ def summary_rows() -> list[tuple[str, str, str]]:
             rows.append(("voice", f"{key.replace('_', ' ')}: speech end → answer audio, ms "
                          "p50 / p90", _p(value.get("speech_end_to_answer_audio_ms (client)"),
                                          "p50", "p90")))
+    if (r := _load("flood")) is not None:
+        for phase in ("baseline", "connections", "session_opens", "messages"):
+            value = r.get(phase) or {}
+            refused = sum((value.get("refusals") or {}).values())
+            rows.append(("flood", f"{phase.replace('_', ' ')}: honest first answer, ms p50 / "
+                         f"p99 · refusals · RSS peak MiB",
+                         f"{_p((value.get('honest') or {}).get('first_answer_ms'), 'p50', 'p99')}"
+                         f" · {refused:g} · {value.get('rss_peak_mib')}"))
+    if (r := _load("soak")) is not None:
+        rows.append(("soak", f"{r.get('sessions')} sessions {r.get('minutes')} min: RSS start / "
+                     "peak / end MiB · back within 10 %",
+                     f"{r.get('rss_start_mib')} / {r.get('rss_peak_mib')} / "
+                     f"{r.get('rss_end_mib')} · {r.get('returned_within_10_percent')}"))
     return rows
 
 

@@ -82,6 +82,31 @@ class Metrics:
             "duet_client_errors_total", "Error events sent to clients, by code.", ["code"],
             registry=r,
         )
+        # --- limits: admission and sessions (issue #11, docs/limits.md) -------------------
+        self.refusals = Counter(
+            "duet_refusals_total", "Connections, sessions and messages refused by a limit.",
+            ["limit"], registry=r,
+        )
+        self.connections_open = Gauge(
+            "duet_connections_open", "Open websockets and in-flight HTTP requests (probes "
+            "excluded).", ["kind"], registry=r,
+        )
+        self.sessions_held = Gauge(
+            "duet_sessions_held", "Sessions held in this process's memory.", registry=r
+        )
+        self.sessions_released = Counter(
+            "duet_sessions_released_total", "Sessions let go from memory, by why: expired "
+            "(idle), unloaded (durable, idle), evicted_address / evicted_total (room for a "
+            "new one).", ["reason"], registry=r,
+        )
+        self.rate_table_addresses = Gauge(
+            "duet_rate_table_addresses", "Client addresses with a rate bucket, by table.",
+            ["table"], registry=r,
+        )
+        self.conversations_abandoned = Counter(
+            "duet_conversations_abandoned_total",
+            "Waiting conversations closed because their session ended.", registry=r,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every series."""

@@ -6,6 +6,7 @@ parsed once at start-up into :class:`Settings` and passed down by constructor.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -132,6 +133,51 @@ class Settings(BaseSettings):
     session_idle_s: float = Field(1800.0, gt=0, description="An idle session ends after this.")
     chat_rate_burst: float = Field(10.0, ge=1, description="Messages a session may send at once.")
     chat_rate_per_s: float = Field(1.0, gt=0, description="Messages a second refilled per session.")
+    # --- limits: admission and sessions (issue #11, docs/limits.md) -----------------------
+    conn_per_address: int = Field(
+        64, ge=1, description="Open websockets plus in-flight HTTP requests per client "
+        "address (IPv6: per /64); past it: websocket close 1013, HTTP 429.")
+    conn_total: int = Field(
+        10000, ge=1, description="Open websockets plus in-flight HTTP requests in all; past "
+        "it: websocket close 1013, HTTP 503.")
+    session_open_rate_per_s: float = Field(
+        5.0, gt=0, description="Sessions a client address may open a second (refilled).")
+    session_open_burst: float = Field(
+        20.0, ge=1, description="Sessions a client address may open at once.")
+    address_message_rate_per_s: float = Field(
+        10.0, gt=0, description="Customer messages a second per client address, over all "
+        "its sessions (the per-session limit applies as well).")
+    address_message_burst: float = Field(
+        40.0, ge=1, description="Customer messages a client address may send at once.")
+    admission_table_size: int = Field(
+        65536, ge=16, description="Client addresses whose rate buckets are kept (the least "
+        "recently seen is forgotten first).")
+    trusted_proxies: OptionalStr = Field(
+        None, description="Proxies (comma list of addresses or CIDRs) whose X-Forwarded-For "
+        "names the client; unset: the socket peer is the client.")
+    sessions_per_address: int = Field(
+        256, ge=1, description="Sessions held in memory per client address; past it the "
+        "oldest idle one is let go, and a new one refused when none is idle.")
+    sessions_total: int = Field(
+        20000, ge=1, description="Sessions held in memory in all (same rule).")
+    session_unload_s: float = Field(
+        300.0, gt=0, description="A durable session with no connection and no turn this long "
+        "leaves memory (it stays resumable from the journal).")
+    session_shed_s: float = Field(
+        60.0, gt=0, description="A session with no connection and no turn this long drops "
+        "its prefetched passages (refetched on its next turn).")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str | None) -> str | None:
+        for part in (value or "").split(","):
+            if part.strip():
+                try:
+                    ipaddress.ip_network(part.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"not an address or CIDR: {part.strip()!r}") from None
+        return value
+
     ack_hold_s: float = Field(
         0.1, ge=0, description="Longest wait of a ready acknowledgment for the search to start.")
     session_ttl_s: float = Field(

@@ -17,12 +17,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from core.logs import redacted_server_logs
 from core.metrics import Metrics
 from core.natsd import EmbeddedNats, redact_url, write_private
 from core.settings import CONFIGS_DIR, Settings
 from gateway import documents, ops, supervisor
+from gateway.admission import Admission, AdmissionMiddleware
 from gateway.auth import CustomerTokens, security_middleware
 from gateway.channel import Channel, load_channels
 from gateway.errors import exception_handlers
@@ -83,7 +85,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None,
     channel_routes = [route for channel in channels for route in channel.routes()]
     return Starlette(
         routes=[*ops.routes, *documents.routes, *supervisor.routes, *channel_routes],
-        middleware=security_middleware(settings),
+        # admission first: a flood is refused before any other work (docs/limits.md)
+        middleware=[Middleware(AdmissionMiddleware, admission=Admission(settings, metrics)),
+                    *security_middleware(settings)],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )

@@ -10,8 +10,8 @@ registers one handler per family:
 - anything else — 500 ``internal``: the stack goes to the log, nothing to the caller.
 
 Status by type: validation 422, unauthorized 401, forbidden 403, not found 404,
-conflict 409, too large 413, unsupported media 415, dependency outage 503 with
-``Retry-After``, timeout 504. On a websocket that is not yet accepted the same JSON body is
+conflict 409, too large 413, unsupported media 415, rate limited 429 and dependency
+outage 503 with ``Retry-After``, timeout 504. On a websocket that is not yet accepted the same JSON body is
 the denial response of the upgrade; on an accepted one the socket is closed (1008/1011).
 """
 
@@ -46,6 +46,7 @@ from core.errors import (
 
 __all__ = [
     "MAX_PROBLEMS",
+    "RATE_RETRY_AFTER_S",
     "RETRY_AFTER_S",
     "error_body",
     "error_response",
@@ -62,6 +63,8 @@ log = logging.getLogger("duet.gateway")
 RETRY_AFTER_S = 5
 #: the problems of one invalid input that are put into words (the rest are counted).
 MAX_PROBLEMS = 5
+#: what a 429 asks for when the refusal does not say (``retry_after_s`` on the error).
+RATE_RETRY_AFTER_S = 1
 
 # Most specific first: TimeoutError_ is a DependencyError, the size and media errors are
 # ValidationErrors.
@@ -138,20 +141,23 @@ def error_response(exc: DuetError | pydantic.ValidationError, *, status: int | N
         code, message, status = "invalid", validation_message(exc), status or 422
     else:
         code, message, status = exc.code, exc.message, status or status_for(exc)
-    headers = ({"Retry-After": str(RETRY_AFTER_S)} if status == 503
+    wait_s = getattr(exc, "retry_after_s", None)
+    headers = ({"Retry-After": str(wait_s or RETRY_AFTER_S)} if status == 503
+               else {"Retry-After": str(wait_s or RATE_RETRY_AFTER_S)} if status == 429
                else {"WWW-Authenticate": "Bearer"} if status == 401 else None)
     return JSONResponse({**error_body(code, message), **(extra or {})}, status_code=status,
                         headers=headers)
 
 
 async def send_refusal(scope: Mapping[str, Any], send: Send, status: int, code: str,
-                       message: str) -> None:
-    """Answer from ASGI middleware with the error shape (a websocket: its upgrade's denial)."""
+                       message: str, *, retry_after_s: int | None = None) -> None:
+    """Answer from ASGI middleware with the error shape (a websocket: its upgrade's denial);
+    ``retry_after_s`` sets ``Retry-After`` (503 has one anyway)."""
     body = json.dumps(error_body(code, message)).encode()
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode())]
-    if status == 503:
-        headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
+    if retry_after_s is not None or status == 503:
+        headers.append((b"retry-after", str(retry_after_s or RETRY_AFTER_S).encode()))
     if scope["type"] == "websocket":
         if "websocket.http.response" not in scope.get("extensions", {}):
             await send({"type": "websocket.close", "code": 1008})  # the server says 403

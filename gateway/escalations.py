@@ -4,8 +4,14 @@ messages and who is online, durable in JetStream.
 A conversation is in one of four states, every transition recorded (who, when, why)::
 
     bot ──escalate──▶ waiting ──claim──▶ human (by X) ──release──▶ bot
-                        │                      └──────close──────▶ closed
+                        │  │                   └──────close──────▶ closed
+                        │  └──session ended (abandoned)──▶ closed
                         └──back to the bot──▶ bot
+
+A waiting conversation whose customer has not been seen (connected, or writing) for the
+session idle time leaves the queue: it is closed by ``system`` with the reason
+``abandoned`` (:meth:`EscalationQueue.abandon_stale`), so the others move up and the record
+keeps its history. Processes holding a waiting customer's connection refresh ``seen_at``.
 
 - **Records**: the key-value bucket ``DUET_CONVERSATIONS``, one key per session that ever
   left the bot (absent: ``bot``). Every change is compare-and-set on the key's revision, so
@@ -114,6 +120,8 @@ class ConversationRecord(BaseModel):
                           "online) or `timeout` (the wait passed DUET_HANDOFF_TIMEOUT_S).")
     messages: list[LeftMessage] = Field(
         default_factory=list, description="Messages the customer left while waiting.")
+    seen_at: datetime | None = Field(
+        None, description="When the waiting customer was last seen (connected or writing).")
     transitions: list[Transition] = Field(default_factory=list, description="State changes.")
     revision: int = Field(0, exclude=True, description="The bucket revision read.")
 
@@ -538,6 +546,7 @@ class EscalationQueue:
                 return None
             current.messages = [*current.messages, LeftMessage(text=text)][-MAX_LEFT_MESSAGES:]
             current.last_message = text
+            current.seen_at = _now()
             return current
 
         return await self._change(session_id, change)
@@ -554,6 +563,67 @@ class EscalationQueue:
             return current
 
         await self._change(session_id, change)
+
+    def waiting_ids(self) -> list[str]:
+        """The sessions waiting now (no order)."""
+        return [k for k, r in self._records.items() if r.state is ConversationState.waiting]
+
+    async def seen(self, session_id: str, min_interval_s: float = 0.0) -> None:
+        """The waiting customer is here: refresh ``seen_at`` (not more often than
+        ``min_interval_s``)."""
+
+        def change(current: ConversationRecord | None) -> ConversationRecord | None:
+            if current is None or current.state is not ConversationState.waiting:
+                return None
+            now = _now()
+            if (current.seen_at is not None
+                    and (now - current.seen_at).total_seconds() < min_interval_s):
+                return None
+            current.seen_at = now
+            return current
+
+        await self._change(session_id, change)
+
+    @staticmethod
+    def _stale(record: ConversationRecord | None, idle_s: float, now: datetime) -> bool:
+        if record is None or record.state is not ConversationState.waiting:
+            return False
+        marks = [m for m in (record.since, record.seen_at) if m is not None]
+        return not marks or (now - max(marks)).total_seconds() >= idle_s
+
+    async def abandon(self, session_id: str, idle_s: float) -> ConversationRecord | None:
+        """Close the conversation's wait if its customer was not seen for ``idle_s``
+        (anywhere); returns the closed record, or None if it stays."""
+
+        wrote = False
+
+        def change(current: ConversationRecord | None) -> ConversationRecord | None:
+            nonlocal wrote
+            wrote = self._stale(current, idle_s, _now())
+            if not wrote:
+                return None
+            assert current is not None
+            record = current.moved(ConversationState.closed, "system", "abandoned")
+            record.agent = None
+            return record
+
+        try:
+            record = await self._change(session_id, change)
+        except ProtocolError:
+            return None
+        return record if wrote else None
+
+    async def abandon_stale(self, idle_s: float) -> list[ConversationRecord]:
+        """Close every wait whose customer was not seen for ``idle_s``; returns those this
+        process closed."""
+        now = _now()
+        closed: list[ConversationRecord] = []
+        for record in list(self._records.values()):
+            if self._stale(record, idle_s, now):
+                done = await self.abandon(record.session_id, idle_s)
+                if done is not None:
+                    closed.append(done)
+        return closed
 
     async def timed_out(self, timeout_s: float) -> list[ConversationRecord]:
         """Mark every conversation waiting longer than ``timeout_s`` (once each); returns

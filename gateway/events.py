@@ -176,6 +176,15 @@ class ErrorEvent(ServerEvent):
     type: Literal["error"] = "error"
     code: str = Field(description="Machine-readable error code.")
     message: str = Field(description="What was wrong, for a person.")
+    retry_after_s: int | None = Field(
+        None, ge=0, description="rate_limited: seconds to wait before trying again.")
+
+    def wire(self) -> dict[str, Any]:
+        """As every event, without ``retry_after_s`` when the error has none."""
+        data = super().wire()
+        if data.get("retry_after_s") is None:
+            data.pop("retry_after_s", None)
+        return data
 
 
 AnyEvent = Annotated[

@@ -13,6 +13,12 @@ storage::
 ``open`` checks ownership: a session is resumed or written to only by its owner (the same
 customer id, or for an anonymous session the ``resume_token`` its first ``session`` event
 carried). Refusals say nothing about whether the session exists.
+
+Limits (docs/limits.md): the caller's address (:data:`gateway.admission.current_client`,
+left there by the admission middleware; None for work outside a request, such as the
+WhatsApp inbox) spends a token per session opened and per message, and holds at most
+``DUET_SESSIONS_PER_ADDRESS`` sessions. A waiting conversation whose session ended (no
+customer seen for ``DUET_SESSION_IDLE_S``, here or in any process) leaves the queue.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from types import TracebackType
 
 from core.metrics import Metrics
 from gateway import handoff
+from gateway.admission import Client, current_client, retry_after_s
 from gateway.auth import Identity
 from gateway.escalations import Change, ConversationState, EscalationQueue
 from gateway.events import Delta, ErrorEvent, ServerEvent, SessionOpened
@@ -49,6 +56,28 @@ class ChatService:
         self.escalations = escalations
         self.metrics = metrics
         escalations.on_change(self._conversation_changed)
+        sessions.on_ended(self._session_ended)
+        sessions.after_reap(self._keep_queue)
+
+    async def _session_ended(self, session: Session) -> None:
+        """Its customer is gone for good: a waiting conversation leaves the queue."""
+        record = await self.escalations.abandon(session.id, self.sessions.idle_s)
+        if record is not None:
+            self.metrics.conversations_abandoned.inc()
+            await self.router.audit.record("system", "abandoned", session.id,
+                                           reason="session_expired")
+
+    async def _keep_queue(self) -> None:
+        """After each reaper pass: say that the waiting customers connected here are still
+        here, and close the waits nobody has been seen on for ``idle_s`` (any process)."""
+        for session_id in self.escalations.waiting_ids():
+            session = self.sessions.held(session_id)
+            if session is not None and not session.idle:
+                await self.escalations.seen(session_id, self.sessions.idle_s / 4)
+        for record in await self.escalations.abandon_stale(self.sessions.idle_s):
+            self.metrics.conversations_abandoned.inc()
+            await self.router.audit.record("system", "abandoned", record.session_id,
+                                           reason="session_expired")
 
     def _conversation_changed(self, change: Change) -> None:
         """Keep a session held here in step with its conversation's state (changed here or
@@ -85,12 +114,19 @@ class ChatService:
         cannot be reached.
         """
         customer_id = None if identity.anonymous else identity.customer_id
+        client = current_client.get()
+        address = None if client is None or client.exempt else client.address
         try:
             if session_id is None:
+                if client is not None and (wait_s := client.take_session_open()) > 0:
+                    raise _rate_limited("too many new conversations from your address; "
+                                        "try again shortly", wait_s)
                 session, token = await self.sessions.create(
-                    channel=channel, customer_id=customer_id, groups=identity.groups)
-                return Conversation(self, session, resumed=False, resume_token=token)
-            session = await self.sessions.get(session_id)
+                    channel=channel, customer_id=customer_id, groups=identity.groups,
+                    address=address)
+                return Conversation(self, session, resumed=False, resume_token=token,
+                                    client=client)
+            session = await self.sessions.get(session_id, address=address)
         except ProtocolError:
             raise
         except Exception as exc:
@@ -103,7 +139,16 @@ class ChatService:
             raise ProtocolError(ErrorCode.unauthorized, _REFUSED)
         if customer_id is not None and tuple(identity.groups) != session.groups:
             session.record.groups = list(identity.groups)  # the newest token says who it is
-        return Conversation(self, session, resumed=True, resume_token=None)
+        # the queue is the truth (a wait may have been closed while nobody held the session)
+        session.escalated = self.escalations.state(session.id) in (
+            ConversationState.waiting, ConversationState.human)
+        return Conversation(self, session, resumed=True, resume_token=None, client=client)
+
+    async def customer_present(self, session: Session) -> None:
+        """A waiting customer connected or left: their wait counts from now."""
+        if self.escalations.state(session.id) is ConversationState.waiting:
+            with contextlib.suppress(ProtocolError):
+                await self.escalations.seen(session.id, 0.0)
 
     async def _recover(self, session: Session) -> None:
         pending = await self.sessions.interrupted_here(session)
@@ -113,13 +158,23 @@ class ChatService:
             await self.router.recover(session, pending)
 
 
+def _rate_limited(message: str, wait_s: float) -> ProtocolError:
+    exc = ProtocolError(ErrorCode.rate_limited, message, retryable=True)
+    exc.retry_after_s = retry_after_s(wait_s)  # type: ignore[attr-defined]
+    return exc
+
+
 class Conversation:
     """One session, as its owner sees it through one transport."""
 
     def __init__(self, service: ChatService, session: Session, *, resumed: bool,
-                 resume_token: str | None) -> None:
+                 resume_token: str | None, client: Client | None = None) -> None:
         self._service = service
         self.session = session
+        #: Who opened it (its address pays for every message); None outside a request.
+        self.client = client
+        #: The seconds the last rate refusal asked for (its ``error`` event carries them).
+        self._retry_after_s: int | None = None
         #: Whether an existing session was opened.
         self.resumed = resumed
         #: For a new anonymous session: the secret that resumes it (sent once).
@@ -138,8 +193,14 @@ class Conversation:
             raise ProtocolError(ErrorCode.duplicate_message,
                                 f"message {message_id!r} was already received")
         if not session.limiter.take():
-            raise ProtocolError(ErrorCode.rate_limited,
-                                "too many messages; slow down and try again shortly")
+            self._service.metrics.refusals.labels("messages_per_session").inc()
+            self._retry_after_s = retry_after_s(1 / session.limiter.per_s)
+            raise _rate_limited("too many messages; slow down and try again shortly",
+                                1 / session.limiter.per_s)
+        if self.client is not None and (wait_s := self.client.take_message()) > 0:
+            self._retry_after_s = retry_after_s(wait_s)
+            raise _rate_limited("too many messages from your address; slow down and try "
+                                "again shortly", wait_s)
         router = self._service.router
         await router.cancel(session)
         return await router.start_turn(session, text, message_id=message_id)
@@ -167,9 +228,12 @@ class Conversation:
         return EventStream(self, resume_from=resume_from, maxsize=maxsize)
 
     async def error(self, code: str, message: str) -> None:
-        """Tell every listener of this session about a refused input."""
+        """Tell every listener of this session about a refused input (a ``rate_limited``
+        one carries the ``retry_after_s`` the refusal asked for)."""
         self._service.metrics.errors.labels(code).inc()
-        await self.session.emit(ErrorEvent(code=code, message=message))
+        wait_s, self._retry_after_s = self._retry_after_s, None
+        extra = {"retry_after_s": wait_s} if code == ErrorCode.rate_limited and wait_s else {}
+        await self.session.emit(ErrorEvent(code=code, message=message, **extra))
 
 
 class EventStream:
@@ -200,6 +264,7 @@ class EventStream:
         await session.connect(self._queue, head, self._resume_from)
         self._open = True
         service = conversation._service
+        await service.customer_present(session)
         with contextlib.suppress(Exception):
             await service.sessions.watch(session)
         await service._recover(session)
@@ -210,7 +275,9 @@ class EventStream:
         self._open = False
         session = self._conversation.session
         session.unsubscribe(self._queue)
-        await self._conversation._service.sessions.unwatch_idle(session)
+        service = self._conversation._service
+        await service.sessions.unwatch_idle(session)
+        await service.customer_present(session)
 
     def __aiter__(self) -> AsyncIterator[ServerEvent]:
         return self

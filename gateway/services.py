@@ -15,7 +15,7 @@ from gateway.audit import AuditLog
 from gateway.escalations import EscalationQueue, each
 from gateway.router import TurnRouter
 from gateway.service import ChatService
-from gateway.sessions import Sessions
+from gateway.sessions import SessionLimits, Sessions
 from gateway.state import AppState
 from gateway.store import SessionJournal
 
@@ -56,7 +56,8 @@ async def chat_services(state: AppState) -> AsyncIterator[ChatService]:
         async with Sessions(log_size=settings.session_log_events, idle_s=settings.session_idle_s,
                             rate_burst=settings.chat_rate_burst,
                             rate_per_s=settings.chat_rate_per_s, journal=journal,
-                            nc=nc, metrics=state.metrics) as sessions:
+                            nc=nc, metrics=state.metrics,
+                            limits=SessionLimits.from_settings(settings)) as sessions:
             service = ChatService(sessions, router, escalations, state.metrics)
             state.chat = service
             timeout_s = settings.handoff_timeout_s

@@ -11,12 +11,24 @@ anyone here listens).
 In memory a session ends after ``DUET_SESSION_IDLE_S`` without activity or subscriber; its
 durable form expires after ``DUET_SESSION_TTL_S``. Every task a session starts (its turn,
 its prefetch) is created in the registry's ``TaskGroup`` and cancelled with the session.
+
+Memory is bounded (:class:`SessionLimits`, docs/limits.md): at most
+``DUET_SESSIONS_PER_ADDRESS`` sessions per client address and ``DUET_SESSIONS_TOTAL`` in
+all. A new session past either limit first lets go of the least recently active *idle*
+session (no turn running, no connection subscribed) of that address, or of anyone; a
+durable one stays resumable from the journal. Only when nothing is idle is the new session
+refused. An idle session also sheds its prefetched passages after ``DUET_SESSION_SHED_S``
+and, when durable, leaves memory after ``DUET_SESSION_UNLOAD_S`` (it is loaded again when
+its customer comes back).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import hashlib
 import hmac
 import logging
@@ -26,7 +38,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.client import Client as NATS
 
@@ -34,6 +46,7 @@ from agents.retrieval import PrefetchCache
 from core.errors import DependencyError
 from core.metrics import Metrics
 from gateway.events import Delta, Done, ServerEvent, UserMessage, parse_event
+from gateway.protocol import ErrorCode, ProtocolError
 from gateway.store import (
     HEARTBEAT_TTL_S,
     INSTANCE_HEADER,
@@ -43,11 +56,30 @@ from gateway.store import (
     SessionRecord,
 )
 
-__all__ = ["Interrupted", "Session", "Sessions", "TokenBucket"]
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+__all__ = ["Interrupted", "Session", "SessionLimits", "Sessions", "SessionsFull", "TokenBucket"]
 
 log = logging.getLogger("duet.gateway")
 
 HISTORY_TURNS = 20
+#: Sessions let go before the reaper collects garbage and hands freed heap back to the
+#: system (CPython keeps freed memory otherwise; one collection after many releases).
+RELEASES_BEFORE_COMPACT = 64
+
+
+def _compact_heap() -> None:
+    """Collect cycles, then ask glibc to return free heap pages (no-op elsewhere)."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 @dataclass
@@ -74,6 +106,37 @@ class TokenBucket:
 
 
 @dataclass(frozen=True)
+class SessionLimits:
+    """How many sessions a process holds, and how long an idle one stays whole."""
+
+    #: Sessions held per client address (sessions opened outside a request: not counted).
+    per_address: int = 256
+    #: Sessions held in all.
+    total: int = 20000
+    #: A durable session idle this long leaves memory (resumable from the journal).
+    unload_s: float = 300.0
+    #: A session idle this long drops its prefetched passages.
+    shed_s: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SessionLimits:
+        """The limits ``DUET_SESSIONS_*`` ask for."""
+        return cls(per_address=settings.sessions_per_address, total=settings.sessions_total,
+                   unload_s=settings.session_unload_s, shed_s=settings.session_shed_s)
+
+
+class SessionsFull(ProtocolError):
+    """No room for another session (every held one is busy or connected)."""
+
+    def __init__(self, limit: str, message: str, *, code: str, retry_after_s: int) -> None:
+        super().__init__(code, message, retryable=True)
+        #: Which limit refused (the ``limit`` label of ``duet_refusals_total``).
+        self.limit = limit
+        #: What the caller is asked to wait (the ``Retry-After`` of an HTTP refusal).
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
 class Interrupted:
     """A turn the log shows started and never ended (its gateway process died)."""
 
@@ -94,8 +157,12 @@ class Session:
     def __init__(self, record: SessionRecord, *, log_size: int, limiter: TokenBucket,
                  spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
                  journal: SessionJournal | None = None, instance: str = "",
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, address: str | None = None,
+                 on_touch: Callable[[Session], None] | None = None) -> None:
         self.record = record
+        #: The client address that holds it here (None: opened outside a request).
+        self.address = address
+        self._on_touch = on_touch
         self._metrics = metrics
         self.instance = instance
         self.id = record.id
@@ -227,7 +294,7 @@ class Session:
     async def _accept_locked(self, stamped: ServerEvent) -> None:
         self.seq = stamped.seq
         self.log.append(stamped)
-        self.last_active = time.monotonic()
+        self._touch()
         if isinstance(stamped, UserMessage) and stamped.id is not None:
             self.seen_before(stamped.id)
         for queue in list(self._subscribers):
@@ -276,19 +343,34 @@ class Session:
             for item in head(after, complete) + replay:
                 await queue.put(item)
             self._subscribers.add(queue)
-            self.last_active = time.monotonic()
+            self._touch()
 
     def subscribe(self, maxsize: int = 256) -> asyncio.Queue[ServerEvent]:
         """A queue receiving every event emitted from now on."""
         queue: asyncio.Queue[ServerEvent] = asyncio.Queue(maxsize=maxsize)
         self._subscribers.add(queue)
-        self.last_active = time.monotonic()
+        self._touch()
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[ServerEvent]) -> None:
         """Stop delivering to ``queue``."""
         self._subscribers.discard(queue)
+        self._touch()
+
+    def _touch(self) -> None:
         self.last_active = time.monotonic()
+        if self._on_touch is not None:
+            self._on_touch(self)
+
+    @property
+    def idle(self) -> bool:
+        """Neither a turn running nor a connection subscribed: may be let go."""
+        return not self._subscribers and not self.busy
+
+    def shed(self) -> None:
+        """Drop what an idle session can do without: its prefetched passages."""
+        if len(self.cache):
+            self.cache.clear()
 
     @property
     def subscribed(self) -> bool:
@@ -391,10 +473,17 @@ class Sessions:
     def __init__(self, *, log_size: int, idle_s: float, rate_burst: float, rate_per_s: float,
                  journal: SessionJournal | None = None, nc: NATS | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, limits: SessionLimits | None = None) -> None:
         self._clock = clock
         self._metrics = metrics
-        self._sessions: dict[str, Session] = {}
+        self.limits = limits or SessionLimits()
+        #: Held sessions, least recently active first.
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        #: Held sessions per client address, least recently active first.
+        self._by_address: dict[str, OrderedDict[str, None]] = {}
+        self._ended_hooks: list[Callable[[Session], Awaitable[None]]] = []
+        self._released_since_compact = 0
+        self._pass_hooks: list[Callable[[], Awaitable[None]]] = []
         self._loading: dict[str, asyncio.Future[Session | None]] = {}
         self._log_size = log_size
         self._idle_s = idle_s
@@ -420,6 +509,8 @@ class Sessions:
         for session in list(self._sessions.values()):
             session.close(shutdown=self._journal is not None)
         self._sessions.clear()
+        self._by_address.clear()
+        self._count()
         for sub in list(self._fanout.values()):
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -431,6 +522,11 @@ class Sessions:
             self._beat.cancel()
             await self._journal.retire(self.instance)
         await group.__aexit__(None, None, None)
+
+    @property
+    def idle_s(self) -> float:
+        """How long a session without activity or connection lives (its end)."""
+        return self._idle_s
 
     @property
     def durable(self) -> bool:
@@ -446,28 +542,119 @@ class Sessions:
         task.add_done_callback(lambda _: coro.close())
         return task
 
-    def _new(self, record: SessionRecord) -> Session:
+    def _new(self, record: SessionRecord, address: str | None = None) -> Session:
         session = Session(record, log_size=self._log_size,
                           limiter=TokenBucket(burst=self._rate[0], per_s=self._rate[1],
                                               clock=self._clock),
                           spawn=self._spawn, journal=self._journal, instance=self.instance,
-                          metrics=self._metrics)
+                          metrics=self._metrics, address=address, on_touch=self._touched)
         self._sessions[session.id] = session
+        if address is not None:
+            self._by_address.setdefault(address, OrderedDict())[session.id] = None
+        self._count()
         return session
 
+    def _count(self) -> None:
+        if self._metrics is not None:
+            self._metrics.sessions_held.set(len(self._sessions))
+
+    def _touched(self, session: Session) -> None:
+        if self._sessions.get(session.id) is not session:
+            return
+        self._sessions.move_to_end(session.id)
+        if session.address is not None:
+            mine = self._by_address.get(session.address)
+            if mine is not None and session.id in mine:
+                mine.move_to_end(session.id)
+
+    # --- limits ---------------------------------------------------------------------------
+
+    def on_ended(self, hook: Callable[[Session], Awaitable[None]]) -> None:
+        """Call ``hook`` for a session that ended here: expired after ``idle_s``, or (not
+        durable) let go to make room: nobody can resume it any more."""
+        self._ended_hooks.append(hook)
+
+    def after_reap(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Call ``hook`` after every pass of the reaper (housekeeping that rides along)."""
+        self._pass_hooks.append(hook)
+
+    def by_address(self, address: str) -> int:
+        """Sessions held for a client address."""
+        return len(self._by_address.get(address, ()))
+
+    def _oldest_idle(self, ids: OrderedDict[str, Any]) -> Session | None:
+        for session_id in ids:
+            session = self._sessions.get(session_id)
+            if session is not None and session.idle and session_id not in self._loading:
+                return session
+        return None
+
+    async def _release(self, session: Session, reason: str) -> None:
+        """Let go of a held session (its tasks are cancelled; the journal keeps a durable one)."""
+        if self._sessions.get(session.id) is not session:
+            return
+        session.close()
+        del self._sessions[session.id]
+        if session.address is not None:
+            mine = self._by_address.get(session.address)
+            if mine is not None:
+                mine.pop(session.id, None)
+                if not mine:
+                    del self._by_address[session.address]
+        self._count()
+        self._released_since_compact += 1
+        if self._metrics is not None:
+            self._metrics.sessions_released.labels(reason).inc()
+        await self.unwatch_idle(session)
+        if reason == "expired" or (self._journal is None and reason.startswith("evicted")):
+            for hook in self._ended_hooks:
+                try:
+                    await hook(session)
+                except Exception:
+                    log.exception("session end hook failed", extra={"session_id": session.id})
+
+    def _refuse(self, limit: str, message: str, *, code: str) -> SessionsFull:
+        if self._metrics is not None:
+            self._metrics.refusals.labels(limit).inc()
+        log.warning("session refused", extra={"limit": limit})
+        return SessionsFull(limit, message, code=code, retry_after_s=30)
+
+    async def _make_room(self, address: str | None) -> None:
+        """Let go of idle sessions until one more fits, or refuse (:class:`SessionsFull`)."""
+        limits = self.limits
+        if address is not None:
+            mine = self._by_address.get(address)
+            if mine is not None and len(mine) >= limits.per_address:
+                victim = self._oldest_idle(mine)
+                if victim is None:
+                    raise self._refuse(
+                        "sessions_per_address", "too many conversations are open from your "
+                        "address; close one or try again later", code=ErrorCode.rate_limited)
+                await self._release(victim, "evicted_address")
+        while len(self._sessions) >= limits.total:
+            victim = self._oldest_idle(self._sessions)
+            if victim is None:
+                raise self._refuse("sessions_total", "conversations are at capacity for a "
+                                   "moment; try again shortly", code=ErrorCode.unavailable)
+            await self._release(victim, "evicted_total")
+
     async def create(self, *, channel: str, customer_id: str | None,
-                     groups: tuple[str, ...]) -> tuple[Session, str | None]:
-        """A new session; for an anonymous owner also the resume token (shown once)."""
+                     groups: tuple[str, ...], address: str | None = None
+                     ) -> tuple[Session, str | None]:
+        """A new session (held for ``address``); for an anonymous owner also the resume
+        token (shown once). Raises :class:`SessionsFull` when no idle session can make room."""
+        await self._make_room(address)
         resume_token = secrets.token_urlsafe(24) if customer_id is None else None
         record = SessionRecord(
             id=uuid.uuid4().hex, channel=channel, customer_id=customer_id, groups=list(groups),
             resume_token_sha256=_hash_token(resume_token) if resume_token else None)
         if self._journal is not None:
             await self._journal.save_record(record)
-        return self._new(record), resume_token
+        return self._new(record, address), resume_token
 
-    async def get(self, session_id: str) -> Session | None:
-        """The session: held here, else loaded from the journal; None if unknown or expired."""
+    async def get(self, session_id: str, *, address: str | None = None) -> Session | None:
+        """The session: held here, else loaded from the journal (held for ``address``);
+        None if unknown or expired. Loading may raise :class:`SessionsFull`."""
         session = self._sessions.get(session_id)
         if session is not None:
             await session.refresh()
@@ -480,7 +667,7 @@ class Sessions:
         future: asyncio.Future[Session | None] = asyncio.get_running_loop().create_future()
         self._loading[session_id] = future
         try:
-            session = await self._load(session_id)
+            session = await self._load(session_id, address)
             future.set_result(session)
             return session
         except BaseException as exc:
@@ -490,13 +677,16 @@ class Sessions:
         finally:
             del self._loading[session_id]
 
-    async def _load(self, session_id: str) -> Session | None:
+    async def _load(self, session_id: str, address: str | None) -> Session | None:
         assert self._journal is not None
         record = await self._journal.load_record(session_id)
         if record is None:
             return None
         events = await self._journal.read(session_id)
-        session = self._new(record)
+        if session_id in self._sessions:  # a create raced us (cannot happen for a known id)
+            return self._sessions[session_id]
+        await self._make_room(address)
+        session = self._new(record, address)
         session.load(events)
         log.info("session loaded from the journal",
                  extra={"session_id": session_id, "events": len(events)})
@@ -560,15 +750,38 @@ class Sessions:
         return len(self._sessions)
 
     async def _reap(self) -> None:
+        limits = self.limits
+        every_s = min(60.0, self._idle_s / 2, limits.shed_s / 2,
+                      limits.unload_s / 2 if self.durable else 60.0)
         while True:
-            await asyncio.sleep(min(60.0, self._idle_s / 2))
-            now = time.monotonic()
-            for session in list(self._sessions.values()):
-                idle = now - session.last_active
-                if idle > self._idle_s and not session.subscribed and not session.busy:
-                    session.close()
-                    self._sessions.pop(session.id, None)
-                    await self.unwatch_idle(session)
+            await asyncio.sleep(every_s)
+            await self.reap()
+
+    async def reap(self) -> None:
+        """One pass: end sessions idle past ``idle_s``, unload durable ones idle past
+        ``unload_s``, shed the prefetch of those idle past ``shed_s``; then the hooks."""
+        limits = self.limits
+        now = time.monotonic()
+        for session in list(self._sessions.values()):
+            idle_s = now - session.last_active
+            if idle_s <= limits.shed_s and idle_s <= self._idle_s:
+                break  # least recently active first: the rest are more recent
+            if not session.idle or session.id in self._loading:
+                continue
+            if idle_s > self._idle_s:
+                await self._release(session, "expired")
+            elif self.durable and idle_s > limits.unload_s:
+                await self._release(session, "unloaded")
+            elif idle_s > limits.shed_s:
+                session.shed()
+        if self._released_since_compact >= RELEASES_BEFORE_COMPACT:
+            self._released_since_compact = 0
+            await asyncio.to_thread(_compact_heap)
+        for hook in self._pass_hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("reaper hook failed")
 
 
 async def _guarded(coro: Awaitable[None]) -> None:
