@@ -83,13 +83,13 @@ async def chat_http(request: Request) -> Response:
         stream = conversation.events()
         await stream.__aenter__()
     except ProtocolError as exc:
-        return _refuse(exc.code, exc.message)
+        return error_response(exc)  # keeps its retry_after_s (Retry-After)
     try:
         opened = await anext(stream)
         turn_id = await conversation.submit(body.text, message_id=body.id)
     except ProtocolError as exc:
         await stream.__aexit__(None, None, None)
-        return _refuse(exc.code, exc.message)
+        return error_response(exc)
     except BaseException:
         await stream.__aexit__(None, None, None)
         raise

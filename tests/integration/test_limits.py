@@ -178,6 +178,7 @@ async def test_message_and_open_rates_count_per_address_across_sessions(
         # each session is far under its own limit; the address is over its own
         over = await flood.post("/v1/chat", json={"text": "and now?", **again})
         assert_429(over)
+        assert int(over.headers["retry-after"]) > 1  # the computed wait, not a default
         await chat.send(type="message", text="one more")
         error = (await chat.until("error"))[-1]
         assert error["type"] == "error" and error["code"] == "rate_limited"
