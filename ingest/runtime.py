@@ -103,7 +103,10 @@ class KnowledgeRuntime:
         self.tasks.start("doc-watch", self._watch_documents())
         if self.run_worker:
             applier = Applier(store, embedder, self.registry,
-                              min_content_chars=s.min_content_chars, metrics=self.metrics)
+                              min_content_chars=s.min_content_chars, metrics=self.metrics,
+                              max_chunks=s.max_document_chunks,
+                              max_content_bytes=s.max_content_bytes,
+                              embed_batch=s.embed_batch_chunks)
             aging = AgingJob(store, self.registry, s.hot_max_age, metrics=self.metrics)
             # The registry watch reports every writer's changes, a moment later; the
             # in-process worker also reports its own before announcing them, so a client
