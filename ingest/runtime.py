@@ -97,7 +97,8 @@ class KnowledgeRuntime:
                                 prefix=s.collection_prefix))
         profiles = FreshnessProfiles.load(CONFIGS_DIR / "freshness.yaml")
         self.kb = KnowledgeBase(store, embedder, profiles, as_of=lambda: self.as_of,
-                                metrics=self.metrics)
+                                metrics=self.metrics, exact_max_chunks=s.exact_search_max_chunks,
+                                max_chunks_per_doc=s.search_max_chunks_per_doc)
         await asyncio.to_thread(self.kb.topics.rebuild)
         self.tasks.start("as-of-watch", self._watch_as_of())
         self.tasks.start("doc-watch", self._watch_documents())

@@ -220,11 +220,10 @@ async def test_freshness_ranks_newer_copy_first(runtime: KnowledgeRuntime) -> No
 class FlakyStore:
     """The real store, with the first ``failures`` upserts failing (a Chroma outage)."""
 
-    def __init__(self, store, failures: int,
-                 error: Exception = ConnectionError("chroma unavailable")) -> None:
+    def __init__(self, store, failures: int, error: Exception | None = None) -> None:
         self._store = store
         self.failures = failures
-        self.error = error
+        self.error = error or ConnectionError("chroma unavailable")
 
     def upsert(self, tier, chunks):
         if self.failures > 0:
