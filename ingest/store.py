@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -172,7 +173,7 @@ class ChromaStore:
         assert self._path is not None
         self._client = chromadb.PersistentClient(path=str(self._path), settings=self._settings)
         self._collections = self._open_collections()
-        log.info("reopened embedded Chroma after a failed write",
+        log.debug("reopened embedded Chroma after a failed write",
                  extra={"path": str(self._path)})
 
     @contextlib.contextmanager
@@ -245,6 +246,18 @@ class ChromaStore:
         return self._collections[tier].count()
 
     def probe(self) -> None:
+        if self._path is not None:
+            # The directory first, without Chroma: while it cannot take a small file, a
+            # Chroma write fails too, and each failed write costs a reopened client.
+            marker = self._path / ".duet-probe"
+            try:
+                with marker.open("wb") as f:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+                    os.fsync(f.fileno())
+            finally:
+                with contextlib.suppress(OSError):
+                    marker.unlink()
         # A collection of its own, never searched: one record written, then removed.
         with self._writing():
             probe = self._client.get_or_create_collection(

@@ -278,7 +278,7 @@ class IngestWorker:
         if self.store_fault is None:
             self.store_fault_since = datetime.now(UTC)
             self.metrics.store_fault.set(1)
-            log.warning("vector store fault: %s; ingest paused, probing every %.0f s", fault,
+            log.warning("vector store fault: %s; ingest paused, probing every %g s", fault,
                         self.settings.store_probe_interval_s, extra={"fault": fault})
         self.store_fault = fault
 
