@@ -3,7 +3,7 @@
 Each benchmark writes its figures to ``bench-results/NAME.json``; the table at the end is
 read back from those files. A benchmark that fails is reported and the others still run
 (the exit status says so). Names: ingest, query, chat, stackfaq, answers,
-ingest_under_load, whatsapp, widget, supervisor, voice (default: all).
+ingest_under_load, whatsapp, widget, supervisor, voice, crowd (default: all).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ BENCHES = {
     "widget": "bench.widget_bench",
     "supervisor": "bench.supervisor_bench",
     "voice": "bench.voice_bench",
+    "crowd": "bench.crowd_bench",
 }
 
 
@@ -141,6 +142,18 @@ def summary_rows() -> list[tuple[str, str, str]]:
             rows.append(("voice", f"{key.replace('_', ' ')}: speech end → answer audio, ms "
                          "p50 / p90", _p(value.get("speech_end_to_answer_audio_ms (client)"),
                                          "p50", "p90")))
+    if (r := _load("crowd_largest_document")) is not None:
+        rows.append(("crowd", "largest document: KB · chunks · s · RSS before → after, MB",
+                     f"{round(r.get('bytes', 0) / 1024)} · {r.get('chunks')} · "
+                     f"{r.get('seconds')} · {r.get('rss_before_mb')} → {r.get('rss_after_mb')}"))
+    if (r := _load("crowd_small_behind_large")) is not None:
+        rows.append(("crowd", "small documents behind 3 large: lag, ms p50 / max",
+                     _p(r.get("small_lag_ms"), "p50", "max")))
+    if (r := _load("crowd_sample_kb_answers")) is not None:
+        figures = [r.get(k) or {} for k in ("before", "after_junk_published",
+                                            "after_junk_forced_past_gate")]
+        rows.append(("crowd", "sample KB right answers: before · junk published · junk forced",
+                     " · ".join(f"{f.get('right')}/{f.get('of')}" for f in figures)))
     return rows
 
 

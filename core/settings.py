@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     max_content_bytes: int = Field(512 * 1024, ge=1, description="Largest document accepted.")
     # --- ingest caps, crowd-out resistant search, store faults (issue #11, brief I) --------
     max_document_chunks: int = Field(
-        1000, ge=1, description="A document cut into more chunks than this is refused: 413 at "
+        2000, ge=1, description="A document cut into more chunks than this is refused: 413 at "
         "the API, dead-lettered (its own fault) if it reaches the worker anyway.")
     large_document_bytes: int = Field(
         64 * 1024, ge=1, description="Events with more content than this are applied in the "
