@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     store_fault_max_backoff_s: float = Field(
         30.0, gt=0, description="Longest redelivery delay of an event nak-ed for a store fault "
         "(such events are never dead-lettered).")
+    store_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for one vector-store call of the worker; a "
+        "slower store is at fault (the event is held back, never dead-lettered).")
     exact_search_max_chunks: int = Field(
         5000, ge=0, description="A collection with at most this many chunks is searched "
         "exactly (dot product over cached vectors) instead of by its HNSW graph.")

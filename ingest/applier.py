@@ -18,8 +18,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any, TypeVar
 
-from core.errors import ValidationError
+from core.errors import DependencyError, ValidationError
 from core.metrics import Metrics
 from ingest.chunking import Chunk, chunk_markdown, too_many_chunks
 from ingest.embeddings import Embedder
@@ -31,6 +32,7 @@ from ingest.store import StoredChunk, Tier, VectorStore
 
 __all__ = ["ApplyResult", "Applier", "Outcome"]
 
+_R = TypeVar("_R")
 #: embedding more chunks than this reports progress to JetStream first.
 _LONG_WORK_CHUNKS = 8
 _INDEXED = (DocState.hot, DocState.cold)
@@ -72,7 +74,8 @@ class Applier:
     def __init__(self, store: VectorStore, embedder: Embedder, registry: Registry, *,
                  min_content_chars: int, metrics: Metrics | None = None,
                  max_chunk_chars: int = 1200, max_chunks: int | None = None,
-                 max_content_bytes: int | None = None, embed_batch: int = 64) -> None:
+                 max_content_bytes: int | None = None, embed_batch: int = 64,
+                 store_timeout_s: float | None = 30.0) -> None:
         self.store = store
         self.embedder = embedder
         self.registry = registry
@@ -85,6 +88,24 @@ class Applier:
         self.max_content_bytes = max_content_bytes
         #: Chunks embedded and upserted per step.
         self.embed_batch = max(1, embed_batch)
+        #: Longest wait for one store call; a slower store is at fault (None: no limit).
+        self.store_timeout_s = store_timeout_s
+
+    async def _store(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
+        """One blocking store call off the loop, bounded by ``store_timeout_s``.
+
+        A call that runs out is the store's fault (:class:`DependencyError`): the worker
+        holds the event back. The thread itself cannot be stopped and finishes on its own;
+        the writes it may still make are idempotent.
+        """
+        call = asyncio.to_thread(fn, *args, **kwargs)
+        if self.store_timeout_s is None:
+            return await call
+        try:
+            return await asyncio.wait_for(call, self.store_timeout_s)
+        except TimeoutError as exc:
+            raise DependencyError(
+                f"the vector store did not answer within {self.store_timeout_s:g} s") from exc
 
     async def apply(self, event: DocumentEvent, *,
                     progress: Callable[[], Awaitable[None]] | None = None) -> ApplyResult:
@@ -146,7 +167,7 @@ class Applier:
         if record is None or not record.chunk_ids:
             return 0
         for tier in Tier:
-            await asyncio.to_thread(self.store.delete, tier, record.chunk_ids)
+            await self._store(self.store.delete, tier, record.chunk_ids)
         return len(record.chunk_ids)
 
     async def _delete(self, event: DocumentEvent, record: DocRecord | None,
@@ -199,9 +220,9 @@ class Applier:
         # Chunk ids are content-addressed: an id already in hot (an unchanged section, or
         # one upserted before a crash) keeps its vector; one in cold moves with its vector.
         ids = list(metadatas)
-        in_hot = {s.chunk_id for s in await asyncio.to_thread(self.store.get, Tier.hot, ids)}
+        in_hot = {s.chunk_id for s in await self._store(self.store.get, Tier.hot, ids)}
         in_cold = [cid for cid in ids if cid not in in_hot]
-        moved_ids = {s.chunk_id for s in await asyncio.to_thread(self.store.get, Tier.cold,
+        moved_ids = {s.chunk_id for s in await self._store(self.store.get, Tier.cold,
                                                                     in_cold)}
         to_embed: list[Chunk] = [
             c for c in chunks if c.chunk_id not in in_hot and c.chunk_id not in moved_ids
@@ -214,7 +235,7 @@ class Applier:
                 await progress()
             batch = to_embed[start:start + self.embed_batch]
             vectors = await asyncio.to_thread(self.embedder.embed, [c.embed_text for c in batch])
-            await asyncio.to_thread(self.store.upsert, Tier.hot, [
+            await self._store(self.store.upsert, Tier.hot, [
                 StoredChunk(c.chunk_id, c.text, metadatas[c.chunk_id], vectors[i])
                 for i, c in enumerate(batch)
             ])
@@ -222,22 +243,22 @@ class Applier:
                 self.metrics.chunks_embedded.inc(len(batch))
         moving = sorted(moved_ids)
         for start in range(0, len(moving), self.embed_batch):
-            moved = await asyncio.to_thread(self.store.get, Tier.cold,
+            moved = await self._store(self.store.get, Tier.cold,
                                             moving[start:start + self.embed_batch],
                                             embeddings=True)
-            await asyncio.to_thread(self.store.upsert, Tier.hot, [
+            await self._store(self.store.upsert, Tier.hot, [
                 StoredChunk(s.chunk_id, s.text, metadatas[s.chunk_id], s.embedding)
                 for s in moved
             ])
         refresh = [cid for cid in ids if cid in in_hot]
-        await asyncio.to_thread(self.store.update_metadata, Tier.hot, refresh,
+        await self._store(self.store.update_metadata, Tier.hot, refresh,
                                 [metadatas[cid] for cid in refresh])
         stale = sorted(old_ids - set(ids))
         if stale:
-            await asyncio.to_thread(self.store.delete, Tier.hot, stale)
+            await self._store(self.store.delete, Tier.hot, stale)
         leave_cold = moved_ids | (old_ids if old_tier is Tier.cold else set())
         if leave_cold:
-            await asyncio.to_thread(self.store.delete, Tier.cold, sorted(leave_cold))
+            await self._store(self.store.delete, Tier.cold, sorted(leave_cold))
 
         note = repetition.note
         applied = DocRecord(

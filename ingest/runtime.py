@@ -107,7 +107,8 @@ class KnowledgeRuntime:
                               min_content_chars=s.min_content_chars, metrics=self.metrics,
                               max_chunks=s.max_document_chunks,
                               max_content_bytes=s.max_content_bytes,
-                              embed_batch=s.embed_batch_chunks)
+                              embed_batch=s.embed_batch_chunks,
+                              store_timeout_s=s.store_timeout_s)
             aging = AgingJob(store, self.registry, s.hot_max_age, metrics=self.metrics)
             # The registry watch reports every writer's changes, a moment later; the
             # in-process worker also reports its own before announcing them, so a client

@@ -128,6 +128,8 @@ class IngestWorker:
         self._large: asyncio.Queue[tuple[Msg, str | None] | None] = asyncio.Queue(
             maxsize=settings.large_lane_events + 1)
         self._large_docs: Counter[str | None] = Counter()
+        #: stream sequence → the large events held (queued or in work), kept alive.
+        self._held: dict[int, Msg] = {}
 
     def stop(self) -> None:
         """Finish the event in hand and the current fetch, then return from :meth:`run`.
@@ -152,9 +154,11 @@ class IngestWorker:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._large_lane(), name="ingest-large-lane")
+                beat = tg.create_task(self._heartbeat(), name="ingest-large-heartbeat")
                 try:
                     await self._consume(sub)
                 finally:
+                    beat.cancel()
                     await self._close_lane()
         finally:
             with contextlib.suppress(Exception):
@@ -205,10 +209,14 @@ class IngestWorker:
                  and len(msg.data) > self.settings.large_document_bytes)
         doc_id = _doc_id_of(msg) if msg.subject != DLQ_SUBJECT else None
         if large:
+            seq = msg.metadata.sequence.stream
+            if seq in self._held:  # redelivered while held: the held one will settle it
+                return
             if self._large_docs.total() >= self.settings.large_lane_events:
                 await msg.nak(delay=_BUSY_DELAY_S)
                 return
             self._large_docs[doc_id] += 1
+            self._held[seq] = msg
             self.metrics.large_lane_events.set(self._large_docs.total())
             self._large.put_nowait((msg, doc_id))
             return
@@ -234,9 +242,20 @@ class IngestWorker:
                 log.warning("could not settle a large event; it will be redelivered",
                             exc_info=True)
             finally:
-                self._release(doc_id)
+                self._release(msg, doc_id)
 
-    def _release(self, doc_id: str | None) -> None:
+    async def _heartbeat(self) -> None:
+        """Tells JetStream the held large events are being worked on (no redelivery while
+        one waits in the lane behind another)."""
+        interval_s = max(self.settings.ack_wait_s / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval_s)
+            for msg in list(self._held.values()):
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+
+    def _release(self, msg: Msg, doc_id: str | None) -> None:
+        self._held.pop(msg.metadata.sequence.stream, None)
         self._large_docs[doc_id] -= 1
         if self._large_docs[doc_id] <= 0:
             del self._large_docs[doc_id]
@@ -252,7 +271,7 @@ class IngestWorker:
             if item is None:
                 continue
             msg, doc_id = item
-            self._release(doc_id)
+            self._release(msg, doc_id)
             with contextlib.suppress(Exception):
                 await msg.nak()
         self._large.put_nowait(None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -282,6 +283,36 @@ async def test_store_outage_never_dead_letters_however_many_deliveries(
     assert worker.store_fault is None and worker.store_fault_since is None
     assert runtime.metrics.dead_letters._value.get() == 0
     assert runtime.metrics.store_fault_holds._value.get() == 6
+
+
+class SlowStore(FlakyStore):
+    """The real store, with the first ``failures`` upserts taking ``delay_s`` (a stalled
+    Chroma): they finish in the end, long after the worker stopped waiting."""
+
+    def __init__(self, store, failures: int, delay_s: float) -> None:
+        super().__init__(store, failures)
+        self.delay_s = delay_s
+
+    def upsert(self, tier, chunks):
+        if self.failures > 0:
+            self.failures -= 1
+            time.sleep(self.delay_s)
+        return self._store.upsert(tier, chunks)
+
+
+async def test_a_slow_store_holds_the_event_and_never_dead_letters_it(
+        runtime: KnowledgeRuntime) -> None:
+    runtime.settings.max_deliver = 1
+    runtime.settings.store_probe_interval_s = 0.1
+    runtime.settings.store_fault_max_backoff_s = 0.3
+    worker = runtime.worker
+    worker.applier.store_timeout_s = 0.3
+    worker.applier.store = SlowStore(worker.applier.store, failures=2, delay_s=1.0)
+    outcome = await send(runtime, event())
+    assert outcome["outcome"] == "applied"
+    assert runtime.metrics.dead_letters._value.get() == 0
+    assert runtime.metrics.store_fault_holds._value.get() == 2
+    assert (await doc_ids_found(runtime, "return an opened item"))[0] == "returns-policy"
 
 
 async def test_burst_of_events_all_applied(runtime: KnowledgeRuntime) -> None:

@@ -169,3 +169,30 @@ async def test_a_large_document_is_embedded_in_bounded_batches_with_progress(
         record, _ = await rt.registry.get("long")
         assert len(record.chunk_ids) > 16
         assert max(sizes) <= 8 and sum(sizes) == len(record.chunk_ids)
+
+
+async def test_large_events_waiting_in_the_lane_are_not_redelivered(
+        tmp_path: Path, nats_server: EmbeddedNats, embedder) -> None:
+    # ack_wait far shorter than one large document's work: only the lane's in_progress
+    # heartbeat keeps JetStream from delivering the held events again.
+    settings = make_settings(tmp_path, nats_server.url, ack_wait_s=1.0,
+                             large_document_bytes=8 * 1024, large_lane_events=2)
+    async with KnowledgeRuntime(settings, nats_server.url, metrics=Metrics(), run_worker=True,
+                                embedder=embedder) as rt:
+        worker = rt.worker
+        deliveries: list[int] = []
+        dispatch = worker._dispatch
+
+        async def counting(msg):
+            deliveries.append(msg.metadata.num_delivered)
+            await dispatch(msg)
+
+        worker._dispatch = counting
+        nc = rt.nc
+        subs = {i: await nc.subscribe(result_subject(f"big-{i}"), max_msgs=1) for i in range(2)}
+        for i in range(2):
+            await publish_event(nc, event(f"big-{i}", large_text(i * 8), title=f"Big {i}"),
+                                event_id=f"big-{i}")
+        outcomes = [json.loads((await subs[i].next_msg(timeout=120)).data) for i in range(2)]
+        assert [o["outcome"] for o in outcomes] == ["applied", "applied"]
+        assert deliveries == [1, 1]
