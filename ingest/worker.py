@@ -122,6 +122,7 @@ class IngestWorker:
         self.store_fault_since: datetime | None = None
         self._stopping = asyncio.Event()
         self._fetch_failing = False
+        self._probe_task: asyncio.Task[None] | None = None
         #: stream sequence → failures that were the event's own (what ``max_deliver`` counts).
         self._failures: OrderedDict[int, int] = OrderedDict()
         #: The background lane of large events, and the documents it holds.
@@ -161,6 +162,9 @@ class IngestWorker:
                     beat.cancel()
                     await self._close_lane()
         finally:
+            if self._probe_task is not None:  # a probe of a hung store: retrieve its end later
+                self._probe_task.add_done_callback(
+                    lambda t: t.cancelled() or t.exception())
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -284,9 +288,18 @@ class IngestWorker:
             return
         probe = getattr(self.applier.store, "probe", None)
         if probe is not None:
-            try:
-                await asyncio.wait_for(asyncio.to_thread(probe), _PROBE_TIMEOUT_S)
-            except Exception as exc:  # still at fault: say what now, quietly
+            # One probe thread at a time: a probe stuck in a hung store is waited for, not
+            # joined by another one every interval.
+            if self._probe_task is None or self._probe_task.done():
+                self._probe_task = asyncio.create_task(asyncio.to_thread(probe))
+            task = self._probe_task
+            await asyncio.wait({task}, timeout=_PROBE_TIMEOUT_S)
+            if not task.done():
+                self.store_fault = "the vector store does not answer"
+                return
+            self._probe_task = None
+            exc = task.exception()
+            if exc is not None:  # still at fault: say what now, quietly
                 self.store_fault = (dependency_fault(exc)
                                     or f"{type(exc).__name__}: {exc}")[:200]
                 return
