@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
+from agents.retrieval import AnswerDelta, Journeys, PrefetchCache, RetrievalAgent, TurnContext
 from core.settings import CONFIGS_DIR
 from ingest.chunking import chunk_markdown
 from ingest.embeddings import OnnxEmbedder
@@ -113,3 +114,27 @@ def test_one_document_with_thousands_of_chunks_does_not_crowd_out_the_others(
         # beyond its capped share)
         real_before = [d for d in dict.fromkeys(before[question])][:3]
         assert set(real_before) <= set(docs), question
+
+
+async def test_the_agent_still_answers_from_the_right_articles(
+        make_kb: Callable[..., KnowledgeBase], chroma_store: ChromaStore,
+        embedder: OnnxEmbedder) -> None:
+    kb = make_kb(SAMPLE)
+    add_junk(chroma_store, embedder)
+    agent = RetrievalAgent(kb, journeys=Journeys.load())
+    await agent.warm_up()
+    try:
+        for question, doc in [
+                (TWO_FA, "two-factor-authentication"),
+                ("What if I lose my phone with the authenticator app?",
+                 "two-factor-authentication"),
+                # the old search answered these two from the junk document
+                ("I forgot my password, how do I reset it?", "account-and-password-reset"),
+                ("How much is Lumora Plus per month?", "lumora-plus")]:
+            finals = [e async for e in agent.stream(
+                TurnContext("s", question, [], (), PrefetchCache()))
+                if not isinstance(e, AnswerDelta)]
+            assert finals[-1].decision == "answer", question
+            assert finals[-1].citations[0].doc_id == doc, question
+    finally:
+        await agent.aclose()
