@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import json
 import logging
 import re
@@ -86,6 +88,25 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
         except BadRequestError:
             pass  # a concurrent process created it first
     await js.update_stream(config)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to trim
+        return None
+
+
+def _trim_heap() -> None:
+    """Give the heap freed by a large document back to the OS (blocking, milliseconds).
+
+    glibc keeps freed memory in its per-thread arenas (the embedding and store calls run
+    in worker threads): without a trim, RSS stays ~130 MB higher after one 120 KB document.
+    """
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _doc_id_of(msg: Msg) -> str | None:
@@ -247,6 +268,8 @@ class IngestWorker:
                             exc_info=True)
             finally:
                 self._release(msg, doc_id)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(_trim_heap)
 
     async def _heartbeat(self) -> None:
         """Tells JetStream the held large events are being worked on (no redelivery while
