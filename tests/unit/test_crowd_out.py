@@ -136,5 +136,10 @@ async def test_the_agent_still_answers_from_the_right_articles(
                 if not isinstance(e, AnswerDelta)]
             assert finals[-1].decision == "answer", question
             assert finals[-1].citations[0].doc_id == doc, question
+        # keyword-only candidates: the junk repeats these words, yet adds at most two chunks
+        scores = agent.keyword.query("password reset account login code")
+        assert scores is not None
+        top = scores.top(8, ())
+        assert len(top) == 8 and sum(cid.startswith("junk:") for cid, _ in top) <= 2
     finally:
         await agent.aclose()
