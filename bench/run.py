@@ -3,7 +3,7 @@
 Each benchmark writes its figures to ``bench-results/NAME.json``; the table at the end is
 read back from those files. A benchmark that fails is reported and the others still run
 (the exit status says so). Names: ingest, query, chat, stackfaq, answers,
-ingest_under_load, whatsapp, widget, supervisor, voice, flood, soak (default: all).
+ingest_under_load, whatsapp, widget, supervisor, voice, flood, soak, crowd (default: all).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ BENCHES = {
     "voice": "bench.voice_bench",
     "flood": "bench.flood_bench",
     "soak": "bench.soak_bench",
+    "crowd": "bench.crowd_bench",
 }
 
 
@@ -156,6 +157,18 @@ def summary_rows() -> list[tuple[str, str, str]]:
                      "peak / end MiB · back within 10 %",
                      f"{r.get('rss_start_mib')} / {r.get('rss_peak_mib')} / "
                      f"{r.get('rss_end_mib')} · {r.get('returned_within_10_percent')}"))
+    if (r := _load("crowd_largest_document")) is not None:
+        rows.append(("crowd", "largest document: KB · chunks · s · RSS before → after, MB",
+                     f"{round(r.get('bytes', 0) / 1024)} · {r.get('chunks')} · "
+                     f"{r.get('seconds')} · {r.get('rss_before_mb')} → {r.get('rss_after_mb')}"))
+    if (r := _load("crowd_small_behind_large")) is not None:
+        rows.append(("crowd", "small documents behind 3 large: lag, ms p50 / max",
+                     _p(r.get("small_lag_ms"), "p50", "max")))
+    if (r := _load("crowd_sample_kb_answers")) is not None:
+        figures = [r.get(k) or {} for k in ("before", "after_junk_published",
+                                            "after_junk_forced_past_gate")]
+        rows.append(("crowd", "sample KB right answers: before · junk published · junk forced",
+                     " · ".join(f"{f.get('right')}/{f.get('of')}" for f in figures)))
     return rows
 
 

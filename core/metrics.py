@@ -107,6 +107,31 @@ class Metrics:
             "duet_conversations_abandoned_total",
             "Waiting conversations closed because their session ended.", registry=r,
         )
+        # --- ingest: caps, quality gate, store faults, large-document lane (issue #11, brief I)
+        self.quality_dropped_chunks = Counter(
+            "duet_ingest_quality_dropped_chunks_total",
+            "Repetitive low-information chunks the quality gate kept out of the index.",
+            registry=r,
+        )
+        self.store_fault = Gauge(
+            "duet_ingest_store_fault",
+            "1 while the vector store fails (the ingest worker pauses and probes), else 0.",
+            registry=r,
+        )
+        self.store_fault_holds = Counter(
+            "duet_ingest_store_fault_holds_total",
+            "Events handed back (nak) for a store fault; such events are never dead-lettered.",
+            registry=r,
+        )
+        self.large_lane_events = Gauge(
+            "duet_ingest_large_lane_events",
+            "Large documents held by the ingest worker's background lane.", registry=r,
+        )
+        self.exact_searches = Counter(
+            "duet_kb_exact_searches_total",
+            "Collection searches answered exactly (a small collection) instead of by HNSW.",
+            ["tier"], registry=r,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every series."""

@@ -94,6 +94,34 @@ class Settings(BaseSettings):
     max_deliver: int = Field(8, ge=1, description="Deliveries before an event is dead-lettered.")
     min_content_chars: int = Field(40, ge=1, description="Shorter documents are quarantined.")
     max_content_bytes: int = Field(512 * 1024, ge=1, description="Largest document accepted.")
+    # --- ingest caps, crowd-out resistant search, store faults (issue #11, brief I) --------
+    max_document_chunks: int = Field(
+        2000, ge=1, description="A document cut into more chunks than this is refused: 413 at "
+        "the API, dead-lettered (its own fault) if it reaches the worker anyway.")
+    large_document_bytes: int = Field(
+        64 * 1024, ge=1, description="Events with more content than this are applied in the "
+        "worker's background lane, so small documents never wait behind them.")
+    large_lane_events: int = Field(
+        2, ge=1, le=64, description="Large events the background lane holds at once; more are "
+        "nak-ed and come back later.")
+    embed_batch_chunks: int = Field(
+        64, ge=1, le=4096, description="Chunks of one document embedded and written per step "
+        "(bounds memory; progress is reported between steps).")
+    store_probe_interval_s: float = Field(
+        3.0, gt=0, description="While the vector store fails (disk full, read-only, down), "
+        "seconds between probes; the worker fetches nothing until a probe succeeds.")
+    store_fault_max_backoff_s: float = Field(
+        30.0, gt=0, description="Longest redelivery delay of an event nak-ed for a store fault "
+        "(such events are never dead-lettered).")
+    store_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for one vector-store call of the worker; a "
+        "slower store is at fault (the event is held back, never dead-lettered).")
+    exact_search_max_chunks: int = Field(
+        5000, ge=0, description="A collection with at most this many chunks is searched "
+        "exactly (dot product over cached vectors) instead of by its HNSW graph.")
+    search_max_chunks_per_doc: int = Field(
+        4, ge=1, description="Candidates one document may contribute to a search, so one huge "
+        "document cannot crowd out the others.")
     wait_timeout_s: float = Field(30.0, gt=0, description="Longest `?wait=true` on a document.")
 
     embedding_model: OptionalPath = Field(

@@ -2,7 +2,8 @@
 
 Both need an operator of the ``api`` scope (PROTOCOL §0); a customer learns nothing,
 not even whether a document exists. Sizes are counted in UTF-8 bytes, as JetStream counts
-them. With ``?wait=true`` the answer follows the worker's outcome:
+them; a document over ``max_content_bytes`` or cut into more than ``max_document_chunks``
+chunks is refused with 413 and the cap (the worker would dead-letter it). With ``?wait=true`` the answer follows the worker's outcome:
 
 =============================  ======  =====================================
 outcome                        status  body
@@ -19,6 +20,7 @@ Errors raised here (:mod:`core.errors`) become the one error shape in
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -37,6 +39,7 @@ from gateway.auth import require_operator
 from gateway.errors import error_body
 from gateway.state import AppState
 from ingest.applier import Outcome
+from ingest.chunking import chunk_markdown, too_many_chunks
 from ingest.events import DOC_ID_PATTERN, DocumentEvent
 from ingest.publisher import publish_and_wait, publish_event
 
@@ -85,6 +88,12 @@ async def post_document(request: Request) -> JSONResponse:
     if content_bytes > settings.max_content_bytes:
         raise PayloadTooLargeError(
             f"content of {content_bytes} bytes (UTF-8) is over {settings.max_content_bytes}")
+    if event.content is not None:
+        chunks = await asyncio.to_thread(chunk_markdown, event.doc_id, event.content,
+                                         title=event.metadata.title)
+        if len(chunks) > settings.max_document_chunks:
+            raise PayloadTooLargeError(too_many_chunks(len(chunks),
+                                                       settings.max_document_chunks))
     nc = state.runtime.nc
     assert nc is not None
     if request.query_params.get("wait", "").lower() not in _TRUE:

@@ -15,7 +15,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-__all__ = ["Chunk", "chunk_markdown", "tables_as_rows"]
+__all__ = ["Chunk", "chunk_markdown", "tables_as_rows", "too_many_chunks"]
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
@@ -156,3 +156,9 @@ def chunk_markdown(doc_id: str, markdown: str, *, title: str | None = None,
             suffix = "" if seen[digest] == 1 else f"-{seen[digest]}"
             chunks.append(Chunk(f"{doc_id}:{digest}{suffix}", doc_id, heading, piece, len(chunks)))
     return chunks
+
+
+def too_many_chunks(count: int, cap: int) -> str:
+    """The refusal of a document cut into ``count`` chunks, over the ``cap``."""
+    return (f"document of {count} chunks is over the cap of {cap} chunks "
+            "(DUET_MAX_DOCUMENT_CHUNKS)")

@@ -51,7 +51,8 @@ class DocRecord(BaseModel):
     metadata: dict = Field(default_factory=dict, description="Metadata of the applied event.")
     updated_at: datetime = Field(description="Timestamp of the event applied.")
     indexed_at: datetime | None = Field(None, description="When it became retrievable.")
-    reason: str | None = Field(None, description="Why it is quarantined, if it is.")
+    reason: str | None = Field(
+        None, description="Why it is quarantined or waits, or what the quality gate dropped.")
 
     @property
     def key(self) -> str:

@@ -98,13 +98,18 @@ class KnowledgeRuntime:
                                 prefix=s.collection_prefix))
         profiles = FreshnessProfiles.load(CONFIGS_DIR / "freshness.yaml")
         self.kb = KnowledgeBase(store, embedder, profiles, as_of=lambda: self.as_of,
-                                metrics=self.metrics)
+                                metrics=self.metrics, exact_max_chunks=s.exact_search_max_chunks,
+                                max_chunks_per_doc=s.search_max_chunks_per_doc)
         await asyncio.to_thread(self.kb.topics.rebuild)
         self.tasks.start("as-of-watch", self._watch_as_of())
         self.tasks.start("doc-watch", self._watch_documents())
         if self.run_worker:
             applier = Applier(store, embedder, self.registry,
-                              min_content_chars=s.min_content_chars, metrics=self.metrics)
+                              min_content_chars=s.min_content_chars, metrics=self.metrics,
+                              max_chunks=s.max_document_chunks,
+                              max_content_bytes=s.max_content_bytes,
+                              embed_batch=s.embed_batch_chunks,
+                              store_timeout_s=s.store_timeout_s)
             aging = AgingJob(store, self.registry, s.hot_max_age, metrics=self.metrics)
             # The registry watch reports every writer's changes, a moment later; the
             # in-process worker also reports its own before announcing them, so a client

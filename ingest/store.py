@@ -8,8 +8,11 @@ created with no embedding function, so Chroma never falls back to its downloadin
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -35,7 +38,7 @@ class Tier(StrEnum):
 
 #: HNSW settings: hot favours cheap writes, cold favours recall.
 HNSW = {
-    Tier.hot: {"space": "cosine", "ef_construction": 64, "max_neighbors": 12, "ef_search": 64,
+    Tier.hot: {"space": "cosine", "ef_construction": 64, "max_neighbors": 12, "ef_search": 128,
                "sync_threshold": 256, "batch_size": 64},
     Tier.cold: {"space": "cosine", "ef_construction": 200, "max_neighbors": 32,
                 "ef_search": 128, "sync_threshold": 1000, "batch_size": 256},
@@ -103,6 +106,10 @@ class VectorStore(Protocol):
         """Ids of documents with a chunk whose ``updated_at`` is before ``cutoff_ts``."""
         ...
 
+    def probe(self) -> None:
+        """Write and remove one record somewhere harmless; raises while writes fail."""
+        ...
+
 
 class ChromaStore:
     """:class:`VectorStore` on Chroma: embedded (a directory) or a Chroma server (a URL)."""
@@ -110,6 +117,9 @@ class ChromaStore:
     def __init__(self, *, path: Path | None = None, url: str | None = None,
                  prefix: str = "duet") -> None:
         settings = chromadb.Settings(anonymized_telemetry=False, allow_reset=False)
+        self._path = path
+        self._prefix = prefix
+        self._settings = settings
         try:
             if url:
                 parsed = urlparse(url)
@@ -122,24 +132,67 @@ class ChromaStore:
                 self._client = chromadb.PersistentClient(path=str(path), settings=settings)
             else:
                 raise ValueError("ChromaStore needs a path or a url")
-            self._collections = {
-                tier: self._client.get_or_create_collection(
-                    f"{prefix}_{tier.value}", embedding_function=None,
-                    configuration={"hnsw": HNSW[tier]},
-                )
-                for tier in Tier
-            }
+            self._collections = self._open_collections()
         except ValueError:
             raise
         except Exception as exc:
             raise DependencyError(f"cannot open Chroma ({url or path}): {exc}") from exc
+        self._probe_name = f"{prefix}_probe"
         # Chroma's embedded writer is single-threaded; serialise writes, let reads run.
         self._write_lock = threading.Lock()
+        #: A write failed: embedded Chroma is reopened before the next write.
+        self._write_failed = False
+
+    def _open_collections(self) -> dict[Tier, Any]:
+        collections = {}
+        for tier in Tier:
+            collection = self._client.get_or_create_collection(
+                f"{self._prefix}_{tier.value}", embedding_function=None,
+                configuration={"hnsw": HNSW[tier]},
+            )
+            # ef_search is the one HNSW setting that may change after creation.
+            wanted = HNSW[tier]["ef_search"]
+            current = ((collection.configuration or {}).get("hnsw") or {}).get("ef_search")
+            if current is not None and current != wanted:
+                collection.modify(configuration={"hnsw": {"ef_search": wanted}})
+            collections[tier] = collection
+        return collections
+
+    def _reopen(self) -> None:
+        """A fresh embedded client after a failed write (the caller holds the write lock).
+
+        After "database or disk is full", embedded Chroma's next write on the same client
+        blocks for good, even once space is back (chromadb 1.5); a new client does not.
+        """
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        identifier = getattr(self._client, "_identifier", None)
+        # Forget the cached system of this directory (not stopped: that may block as well).
+        SharedSystemClient._identifier_to_system.pop(identifier, None)
+        SharedSystemClient._identifier_to_refcount.pop(identifier, None)
+        assert self._path is not None
+        self._client = chromadb.PersistentClient(path=str(self._path), settings=self._settings)
+        self._collections = self._open_collections()
+        log.debug("reopened embedded Chroma after a failed write",
+                 extra={"path": str(self._path)})
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the write lock; reopen first after a failed write; remember a failure."""
+        with self._write_lock:
+            if self._write_failed and self._path is not None:
+                self._reopen()
+            self._write_failed = False
+            try:
+                yield
+            except BaseException:
+                self._write_failed = True
+                raise
 
     def upsert(self, tier: Tier, chunks: list[StoredChunk]) -> None:
         if not chunks:
             return
-        with self._write_lock:
+        with self._writing():
             self._collections[tier].upsert(
                 ids=[c.chunk_id for c in chunks],
                 embeddings=np.stack([c.embedding for c in chunks]),
@@ -150,13 +203,13 @@ class ChromaStore:
     def update_metadata(self, tier: Tier, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
         if not ids:
             return
-        with self._write_lock:
+        with self._writing():
             self._collections[tier].update(ids=ids, metadatas=metadatas)
 
     def delete(self, tier: Tier, ids: list[str]) -> None:
         if not ids:
             return
-        with self._write_lock:
+        with self._writing():
             self._collections[tier].delete(ids=ids)
 
     def get(self, tier: Tier, ids: list[str], *, embeddings: bool = False) -> list[StoredChunk]:
@@ -191,6 +244,28 @@ class ChromaStore:
 
     def count(self, tier: Tier) -> int:
         return self._collections[tier].count()
+
+    def probe(self) -> None:
+        if self._path is not None:
+            # The directory first, without Chroma: while it cannot take a small file, a
+            # Chroma write fails too, and each failed write costs a reopened client.
+            marker = self._path / ".duet-probe"
+            try:
+                with marker.open("wb") as f:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+                    os.fsync(f.fileno())
+            finally:
+                with contextlib.suppress(OSError):
+                    marker.unlink()
+        # A collection of its own, never searched: one record written, then removed.
+        with self._writing():
+            probe = self._client.get_or_create_collection(
+                self._probe_name, embedding_function=None,
+                configuration={"hnsw": {"space": "ip"}})
+            probe.upsert(ids=["probe"], embeddings=np.ones((1, 2), dtype=np.float32),
+                         documents=["probe"])
+            probe.delete(ids=["probe"])
 
     def all_ids(self, tier: Tier) -> list[str]:
         return list(self._collections[tier].get(include=[])["ids"])

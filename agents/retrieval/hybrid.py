@@ -70,6 +70,8 @@ _GENERIC_TITLE_WORDS = frozenset({
 })
 _TITLE_WORD = re.compile(r"[a-z0-9]+")
 _BATCH = 512
+#: Keyword-only candidates one document may add (issue #11: no crowding by repetition).
+_KEYWORD_PER_DOC = 2
 
 
 @dataclass(frozen=True)
@@ -105,15 +107,21 @@ class KeywordScores:
             return 0.0
         return float(self.scores[i]) / self.top_score
 
-    def top(self, n: int, groups: Iterable[str]) -> list[tuple[str, Tier]]:
-        """The ``n`` best keyword matches the groups may see: (chunk id, tier)."""
+    def top(self, n: int, groups: Iterable[str], *,
+            per_doc: int = _KEYWORD_PER_DOC) -> list[tuple[str, Tier]]:
+        """The ``n`` best keyword matches the groups may see: (chunk id, tier), at most
+        ``per_doc`` of one document (a document of many repetitive chunks takes no more)."""
         allowed = frozenset(groups) | {"public"}
         out: list[tuple[str, Tier]] = []
-        for i in np.argsort(-self.scores)[: n * 4]:
+        taken: dict[str, int] = {}
+        for i in np.argsort(-self.scores):  # stops at n, or at the first zero score
             if self.scores[i] <= 0 or len(out) >= n:
                 break
-            if self.corpus.acl[i] & allowed:
-                out.append((self.corpus.chunk_ids[i], self.corpus.tiers[i]))
+            cid = self.corpus.chunk_ids[i]
+            doc = cid.rsplit(":", 1)[0]
+            if self.corpus.acl[i] & allowed and taken.get(doc, 0) < per_doc:
+                taken[doc] = taken.get(doc, 0) + 1
+                out.append((cid, self.corpus.tiers[i]))
         return out
 
 

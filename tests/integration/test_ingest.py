@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -220,14 +221,15 @@ async def test_freshness_ranks_newer_copy_first(runtime: KnowledgeRuntime) -> No
 class FlakyStore:
     """The real store, with the first ``failures`` upserts failing (a Chroma outage)."""
 
-    def __init__(self, store, failures: int) -> None:
+    def __init__(self, store, failures: int, error: Exception | None = None) -> None:
         self._store = store
         self.failures = failures
+        self.error = error or ConnectionError("chroma unavailable")
 
     def upsert(self, tier, chunks):
         if self.failures > 0:
             self.failures -= 1
-            raise ConnectionError("chroma unavailable")
+            raise self.error
         return self._store.upsert(tier, chunks)
 
     def __getattr__(self, name: str):
@@ -235,6 +237,7 @@ class FlakyStore:
 
 
 async def test_transient_failure_is_retried(runtime: KnowledgeRuntime) -> None:
+    runtime.settings.store_probe_interval_s = 0.2
     flaky = FlakyStore(runtime.worker.applier.store, failures=2)
     runtime.worker.applier.store = flaky
     outcome = await send(runtime, event())
@@ -244,12 +247,72 @@ async def test_transient_failure_is_retried(runtime: KnowledgeRuntime) -> None:
 
 
 async def test_persistent_failure_dead_letters_after_max_deliver(runtime: KnowledgeRuntime) -> None:
+    # An error of no known dependency kind is the event's own: it counts toward max_deliver.
     runtime.settings.max_deliver = 2
-    runtime.worker.applier.store = FlakyStore(runtime.worker.applier.store, failures=100)
+    runtime.worker.applier.store = FlakyStore(runtime.worker.applier.store, failures=100,
+                                              error=ValueError("vector of the wrong shape"))
     outcome = await send(runtime, event())
     assert outcome["outcome"] == "dead_letter" and "gave up after 2" in outcome["reason"]
     record, _ = await runtime.registry.get("returns-policy")
     assert record is None
+
+
+async def test_store_outage_never_dead_letters_however_many_deliveries(
+        runtime: KnowledgeRuntime) -> None:
+    runtime.settings.max_deliver = 2
+    runtime.settings.store_probe_interval_s = 0.1
+    runtime.settings.store_fault_max_backoff_s = 0.3
+    worker = runtime.worker
+    flaky = FlakyStore(worker.applier.store, failures=6)
+    worker.applier.store = flaky
+    faults: list[str | None] = []
+
+    async def watch() -> None:
+        while True:
+            faults.append(worker.store_fault)
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        outcome = await send(runtime, event())
+    finally:
+        watcher.cancel()
+    assert outcome["outcome"] == "applied"
+    assert flaky.failures == 0
+    assert any(f and "unreachable" in f for f in faults)  # seen while it lasted
+    assert worker.store_fault is None and worker.store_fault_since is None
+    assert runtime.metrics.dead_letters._value.get() == 0
+    assert runtime.metrics.store_fault_holds._value.get() == 6
+
+
+class SlowStore(FlakyStore):
+    """The real store, with the first ``failures`` upserts taking ``delay_s`` (a stalled
+    Chroma): they finish in the end, long after the worker stopped waiting."""
+
+    def __init__(self, store, failures: int, delay_s: float) -> None:
+        super().__init__(store, failures)
+        self.delay_s = delay_s
+
+    def upsert(self, tier, chunks):
+        if self.failures > 0:
+            self.failures -= 1
+            time.sleep(self.delay_s)
+        return self._store.upsert(tier, chunks)
+
+
+async def test_a_slow_store_holds_the_event_and_never_dead_letters_it(
+        runtime: KnowledgeRuntime) -> None:
+    runtime.settings.max_deliver = 1
+    runtime.settings.store_probe_interval_s = 0.1
+    runtime.settings.store_fault_max_backoff_s = 0.3
+    worker = runtime.worker
+    worker.applier.store_timeout_s = 0.3
+    worker.applier.store = SlowStore(worker.applier.store, failures=2, delay_s=1.0)
+    outcome = await send(runtime, event())
+    assert outcome["outcome"] == "applied"
+    assert runtime.metrics.dead_letters._value.get() == 0
+    assert runtime.metrics.store_fault_holds._value.get() == 2
+    assert (await doc_ids_found(runtime, "return an opened item"))[0] == "returns-policy"
 
 
 async def test_burst_of_events_all_applied(runtime: KnowledgeRuntime) -> None:
