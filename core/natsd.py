@@ -11,6 +11,13 @@ password reaches the server through a config file of mode 0600 (never the comman
 which ``ps`` shows to every user), and callers through :attr:`EmbeddedNats.url`, which
 carries it (``nats://duet:<password>@127.0.0.1:<port>``); the ``nats.url`` marker is
 written with mode 0600 by :func:`write_private`. Show a URL with :func:`redact_url`.
+
+Used as ``async with``, the server is supervised: a child that exits (a crash, a SIGKILL)
+is started again on the same port, with the same password and store, after a growing
+backoff, for ever; the clients (:func:`connect` reconnects forever) come back by themselves.
+nats-server disables JetStream for good when a write fails for lack of space; the
+supervisor notices (its own connection is up but JetStream answers nothing) and restarts the
+child once the store has free space again. Each state change is logged once.
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ import signal
 import socket
 import subprocess
 import sys
+import weakref
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
@@ -36,8 +46,11 @@ from core.errors import DependencyError
 
 __all__ = [
     "EmbeddedNats",
+    "SupervisorState",
+    "ConnectionLog",
     "close_nats",
     "connect",
+    "connection_log",
     "free_port",
     "nats_server_binary",
     "redact_url",
@@ -46,6 +59,9 @@ __all__ = [
 ]
 
 _USER = "duet"
+
+#: How the supervised child stands.
+SupervisorState = Literal["running", "down", "jetstream_disabled"]
 
 log = logging.getLogger("duet.nats")
 
@@ -92,8 +108,20 @@ def redact_url(url: str | None) -> str | None:
 class EmbeddedNats:
     """A nats-server child process with JetStream and a generated password, stopped on exit."""
 
-    def __init__(self, store_dir: Path, *, port: int | None = None) -> None:
+    def __init__(self, store_dir: Path, *, port: int | None = None,
+                 min_backoff_s: float = 0.1, max_backoff_s: float = 5.0, min_free_bytes: int = 16 * 1024 * 1024,
+                 check_interval_s: float = 0.25, js_check_interval_s: float = 1.0) -> None:
         self.store_dir = store_dir
+        self.min_backoff_s = min_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.min_free_bytes = min_free_bytes
+        self.check_interval_s = check_interval_s
+        self.js_check_interval_s = js_check_interval_s
+        #: ``running``, ``down`` (the child exited; being restarted) or ``jetstream_disabled``.
+        self.state: SupervisorState = "running"
+        #: how many times the child was started again.
+        self.restarts = 0
+        self._supervisor: asyncio.Task[None] | None = None
         self.port = port or free_port()
         #: the user and password of this run (URL-safe characters).
         self.user = _USER
@@ -115,7 +143,9 @@ class EmbeddedNats:
             str(nats_server_binary()), "-c", str(config), "-a", "127.0.0.1",
             "-p", str(self.port), "-js", "-sd", str(self.store_dir),
         ]
-        log.info("starting embedded nats-server", extra={"url": self.public_url})
+        # once at start-up; a restart is logged by the supervisor, once per state change
+        log.log(logging.INFO if self.state == "running" else logging.DEBUG,
+                "starting embedded nats-server", extra={"url": self.public_url})
         # The server's log goes to a file: an unread pipe would fill up and stall it.
         self.log_path = self.store_dir / "nats-server.log"
         # Spawned from the event loop's own thread (a few ms, at start-up only): the
@@ -143,8 +173,122 @@ class EmbeddedNats:
                 cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None when not running)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def supervise(self) -> None:
+        """Restart the child whenever it exits or loses JetStream, until :meth:`close`."""
+        if self._supervisor is None:
+            self._supervisor = asyncio.get_running_loop().create_task(
+                self._supervise(), name="nats-supervisor")
+
+    async def close(self) -> None:
+        """Stop supervising, then stop the server."""
+        task, self._supervisor = self._supervisor, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.stop()
+
+    def _set_state(self, state: SupervisorState, message: str, **extra: object) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        level = logging.INFO if state == "running" else logging.WARNING
+        log.log(level, message, extra={"url": self.public_url, "state": state, **extra})
+
+    async def _supervise(self) -> None:
+        """The supervision loop: restart an exited child; restart one without JetStream."""
+        loop = asyncio.get_running_loop()
+        backoff_s = 0.0
+        refusals = 0
+        next_js_check = loop.time() + self.js_check_interval_s
+        probe: NATS | None = None
+        try:
+            while True:
+                await asyncio.sleep(self.check_interval_s)
+                proc = self._proc
+                if proc is None or proc.poll() is not None:
+                    code = None if proc is None else proc.returncode
+                    self._set_state("down", "nats-server exited; restarting it", exit_code=code)
+                    backoff_s = min(max(backoff_s * 2, self.min_backoff_s), self.max_backoff_s)
+                    await asyncio.sleep(backoff_s)
+                    if await self._respawn():
+                        backoff_s = 0.0
+                        self._set_state("running", "nats-server restarted",
+                                        restarts=self.restarts)
+                    continue
+                if loop.time() < next_js_check:
+                    continue
+                next_js_check = loop.time() + self.js_check_interval_s
+                if probe is None or probe.is_closed:
+                    probe = await self._probe_client()
+                    if probe is None:
+                        continue
+                if not probe.is_connected or await _jetstream_usable(probe):
+                    refusals = 0
+                    if self.state == "jetstream_disabled":
+                        self._set_state("running", "JetStream is usable again")
+                    continue
+                refusals += 1
+                if refusals < 2:  # one refusal may be a hiccup; a restart is not cheap
+                    continue
+                free = _free_bytes(self.store_dir)
+                if self.state != "jetstream_disabled":
+                    self._set_state("jetstream_disabled",
+                                    "JetStream is disabled (a storage error, e.g. a full disk); "
+                                    "the server is restarted once the store has free space",
+                                    free_bytes=free)
+                if free is not None and free >= self.min_free_bytes:
+                    log.info("restarting nats-server to re-enable JetStream",
+                             extra={"url": self.public_url, "free_bytes": free})
+                    self._terminate()
+                    if await self._respawn():
+                        self._set_state("running", "nats-server restarted",
+                                        restarts=self.restarts)
+        finally:
+            if probe is not None:
+                with contextlib.suppress(Exception):
+                    await probe.close()
+
+    async def _probe_client(self) -> NATS | None:
+        """The supervisor's own connection (JetStream checks); None while unreachable."""
+        try:
+            return await nats.connect(
+                self.url, name="duet-nats-supervisor", connect_timeout=2,
+                max_reconnect_attempts=-1, reconnect_time_wait=0.25, allow_reconnect=True,
+                error_cb=_ignore_error)
+        except Exception:
+            return None
+
+    async def _respawn(self, timeout_s: float = 10.0) -> bool:
+        """Start the child again (same port, password and store); whether it came up."""
+        try:
+            await self.start(timeout_s)
+        except DependencyError as exc:
+            log.debug("nats-server restart failed: %s", exc.message)
+            return False
+        self.restarts += 1
+        return True
+
+    def _terminate(self) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL)."""
+        """Stop the server (SIGTERM, then SIGKILL) and its supervision."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()  # not awaited here: close() does when it can
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -157,10 +301,36 @@ class EmbeddedNats:
 
     async def __aenter__(self) -> EmbeddedNats:
         await self.start()
+        self.supervise()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.stop()
+        await self.close()
+
+
+async def _jetstream_usable(nc: NATS, timeout_s: float = 2.0) -> bool:
+    """Whether JetStream answers an account-info request on a live connection.
+
+    A connection lost meanwhile counts as usable: that is the exit watch's business.
+    """
+    try:
+        await nc.jetstream(timeout=timeout_s).account_info()
+    except TimeoutError:
+        return True  # slow is not disabled (a disabled JetStream answers at once)
+    except Exception:
+        return not nc.is_connected
+    return True
+
+
+async def _ignore_error(exc: Exception) -> None:
+    """The supervisor's own client: outages are the supervisor's to report."""
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 def _die_with_parent() -> None:
@@ -183,15 +353,78 @@ def resolve_nats_url(configured: str | None, data_dir: Path) -> str | None:
     return None
 
 
+class ConnectionLog:
+    """The callbacks of one NATS connection: each state change logged once, never each try.
+
+    nats-py's default error callback logs a traceback for every failed reconnect attempt
+    (twice a second while the server is down); here an outage is one warning, its end one
+    info line, and errors while connected one warning per kind until the next change.
+    ``on_reconnect`` callbacks run after every reconnection (consumers that must resume).
+    """
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name = name
+        self.url = redact_url(url)
+        self.connected = True
+        #: bumped on every reconnection: a loop that sees it change re-creates its consumers.
+        self.generation = 0
+        self._seen: set[str] = set()
+        self.on_reconnect: list[Callable[[], None]] = []
+
+    async def error(self, exc: Exception) -> None:
+        """A background error of the client (refused reconnects, slow consumers...)."""
+        kind = type(exc).__name__
+        if not self.connected or kind in self._seen:
+            log.debug("nats client error: %s", kind, extra={"connection": self.name})
+            return
+        self._seen.add(kind)
+        log.warning("nats client error: %s: %s", kind, str(exc)[:200],
+                    extra={"connection": self.name, "url": self.url})
+
+    async def disconnected(self) -> None:
+        """The connection was lost; the client reconnects by itself."""
+        if self.connected:
+            self.connected = False
+            self._seen.clear()
+            log.warning("NATS connection lost; reconnecting",
+                        extra={"connection": self.name, "url": self.url})
+
+    async def reconnected(self) -> None:
+        """The connection is back: consumers resume."""
+        self.connected = True
+        self.generation += 1
+        self._seen.clear()
+        log.info("NATS connection restored", extra={"connection": self.name, "url": self.url})
+        for callback in list(self.on_reconnect):
+            callback()
+
+
 async def connect(url: str, *, name: str) -> NATS:
-    """Connect to NATS, reconnecting forever once connected; a clear error if unreachable."""
+    """Connect to NATS, reconnecting forever once connected; a clear error if unreachable.
+
+    The client's state changes are logged by a :class:`ConnectionLog`, available as
+    :func:`connection_log` of the client.
+    """
+    state = ConnectionLog(name, url)
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             url, name=name, connect_timeout=5, max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5, allow_reconnect=True,
+            reconnect_time_wait=0.5, allow_reconnect=True, error_cb=state.error,
+            disconnected_cb=state.disconnected, reconnected_cb=state.reconnected,
         )
     except Exception as exc:  # nats raises several unrelated types here
         raise DependencyError(f"cannot connect to NATS at {redact_url(url)}: {exc}") from exc
+    _LOGS[nc] = state
+    return nc
+
+
+#: the ConnectionLog of each client made by :func:`connect`.
+_LOGS: weakref.WeakKeyDictionary[NATS, ConnectionLog] = weakref.WeakKeyDictionary()
+
+
+def connection_log(nc: NATS) -> ConnectionLog | None:
+    """The :class:`ConnectionLog` of a client made by :func:`connect` (None otherwise)."""
+    return _LOGS.get(nc)
 
 
 async def close_nats(nc: NATS, *, timeout_s: float = 5.0) -> None:

@@ -321,14 +321,21 @@ class EscalationQueue:
                 self._apply(key, value, revision)
 
     async def _follow(self) -> None:
+        failing = False
         while True:
             try:
                 async for key, value, revision in self._store.watch():
+                    if failing:
+                        failing = False
+                        log.info("conversation watch resumed")
                     self._apply(key, value, revision)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("conversation watch failed; watching again")
+            except Exception as exc:  # NATS down: once per outage, not every second
+                if not failing:
+                    log.warning("conversation watch failed; watching again",
+                                extra={"reason": f"{type(exc).__name__}: {exc}"[:200]})
+                failing = True
                 await asyncio.sleep(1.0)
 
     def _apply(self, key: str, value: bytes | None, revision: int) -> None:

@@ -99,6 +99,7 @@ class SessionJournal:
         self._js = js
         self._kv = kv
         self._instances = instances
+        self._instances_bucket = f"{kv._name}_GATEWAYS"
         self._stream = stream
         self._timeout_s = timeout_s
 
@@ -114,12 +115,7 @@ class SessionJournal:
             kv = await js.create_key_value(config=KeyValueConfig(
                 bucket=bucket, history=1, ttl=ttl_s, storage=StorageType.FILE,
                 max_value_size=1024 * 1024))
-        try:
-            instances = await js.key_value(f"{bucket}_GATEWAYS")
-        except BucketNotFoundError:
-            instances = await js.create_key_value(config=KeyValueConfig(
-                bucket=f"{bucket}_GATEWAYS", history=1, ttl=HEARTBEAT_TTL_S,
-                storage=StorageType.MEMORY))
+        instances = await _open_instances(js, f"{bucket}_GATEWAYS")
         config = StreamConfig(
             name=stream, subjects=["duet.sessions.*"], storage=StorageType.FILE,
             max_msgs_per_subject=log_events, max_age=ttl_s, discard=DiscardPolicy.OLD,
@@ -230,8 +226,15 @@ class SessionJournal:
         """Say that this gateway process is alive (every few seconds)."""
         try:
             await self._instances.put(instance, b"1")
+            return
         except Exception as exc:
-            raise DependencyError(f"session store unavailable: {exc}") from exc
+            error: Exception = exc
+        # The bucket lives in the server's memory: a restarted nats-server has lost it.
+        try:
+            self._instances = await _open_instances(self._js, self._instances_bucket)
+            await self._instances.put(instance, b"1")
+        except Exception as exc:
+            raise DependencyError(f"session store unavailable: {error}") from exc
 
     async def alive(self, instance: str) -> bool:
         """Whether that gateway process said so within the heartbeat TTL."""
@@ -247,3 +250,12 @@ class SessionJournal:
         """A clean shutdown: this process's turns are not running anywhere any more."""
         with contextlib.suppress(Exception):
             await self._instances.delete(instance)
+
+
+async def _open_instances(js: JetStreamContext, bucket: str) -> KeyValue:
+    """The heartbeat bucket (in memory: heartbeats are worthless after a restart)."""
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(config=KeyValueConfig(
+            bucket=bucket, history=1, ttl=HEARTBEAT_TTL_S, storage=StorageType.MEMORY))

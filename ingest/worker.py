@@ -106,6 +106,7 @@ class IngestWorker:
         self.ready.set()
         next_aging = 0.0
         next_stats = 0.0
+        fetch_failing = False
         try:
             while not self._stopping.is_set():
                 now = time.monotonic()
@@ -119,10 +120,16 @@ class IngestWorker:
                     msgs = await sub.fetch(self.settings.fetch_batch, timeout=1.0)
                 except TimeoutError:  # nats' own timeout and asyncio's: nothing to fetch
                     continue
-                except Exception:  # a reconnect in progress, a server hiccup: retry shortly
-                    log.warning("fetch failed; retrying", exc_info=True)
+                except Exception as exc:  # a reconnect in progress, a server hiccup: retry
+                    if not fetch_failing:  # once per outage, not twice a second
+                        log.warning("fetch failed; retrying until it works",
+                                    extra={"reason": f"{type(exc).__name__}: {exc}"[:200]})
+                    fetch_failing = True
                     await asyncio.sleep(0.5)
                     continue
+                if fetch_failing:
+                    fetch_failing = False
+                    log.info("fetching events again")
                 for msg in msgs:
                     try:
                         await self.handle(msg)
