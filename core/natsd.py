@@ -61,7 +61,14 @@ __all__ = [
 _USER = "duet"
 
 #: How the supervised child stands.
-SupervisorState = Literal["running", "down", "jetstream_disabled"]
+SupervisorState = Literal["running", "down", "storage_fault"]
+
+#: what nats-server logs when it can no longer write its store: a stream that failed a
+#: write stays failed, and a JetStream disabled for lack of resources stays disabled.
+_STORAGE_FAULTS = ("Critical write error", "critical write error", "will be DISABLED",
+                   "no space left on device", "JetStream out of resources")
+#: the most of the server's log read per look (a storage fault repeats its line anyway).
+_LOG_SCAN_BYTES = 256 * 1024
 
 log = logging.getLogger("duet.nats")
 
@@ -117,11 +124,14 @@ class EmbeddedNats:
         self.min_free_bytes = min_free_bytes
         self.check_interval_s = check_interval_s
         self.js_check_interval_s = js_check_interval_s
-        #: ``running``, ``down`` (the child exited; being restarted) or ``jetstream_disabled``.
+        #: ``running``, ``down`` (the child exited; being restarted) or ``storage_fault``
+        #: (JetStream failed a write; restarted once the store has free space).
         self.state: SupervisorState = "running"
         #: how many times the child was started again.
         self.restarts = 0
         self._supervisor: asyncio.Task[None] | None = None
+        self.log_path = store_dir / "nats-server.log"
+        self._log_offset = 0
         self.port = port or free_port()
         #: the user and password of this run (URL-safe characters).
         self.user = _USER
@@ -147,7 +157,10 @@ class EmbeddedNats:
         log.log(logging.INFO if self.state == "running" else logging.DEBUG,
                 "starting embedded nats-server", extra={"url": self.public_url})
         # The server's log goes to a file: an unread pipe would fill up and stall it.
-        self.log_path = self.store_dir / "nats-server.log"
+        try:  # storage faults are looked for in what this run of the server writes
+            self._log_offset = self.log_path.stat().st_size
+        except OSError:
+            self._log_offset = 0
         # Spawned from the event loop's own thread (a few ms, at start-up only): the
         # parent-death signal below is tied to the thread that forks.
         self._proc = self._spawn(cmd)
@@ -201,68 +214,59 @@ class EmbeddedNats:
         log.log(level, message, extra={"url": self.public_url, "state": state, **extra})
 
     async def _supervise(self) -> None:
-        """The supervision loop: restart an exited child; restart one without JetStream."""
+        """The supervision loop: restart an exited child, and one with a storage fault."""
         loop = asyncio.get_running_loop()
         backoff_s = 0.0
-        refusals = 0
-        next_js_check = loop.time() + self.js_check_interval_s
-        probe: NATS | None = None
-        try:
-            while True:
-                await asyncio.sleep(self.check_interval_s)
-                proc = self._proc
-                if proc is None or proc.poll() is not None:
-                    code = None if proc is None else proc.returncode
-                    self._set_state("down", "nats-server exited; restarting it", exit_code=code)
-                    backoff_s = min(max(backoff_s * 2, self.min_backoff_s), self.max_backoff_s)
-                    await asyncio.sleep(backoff_s)
-                    if await self._respawn():
-                        backoff_s = 0.0
-                        self._set_state("running", "nats-server restarted",
-                                        restarts=self.restarts)
-                    continue
-                if loop.time() < next_js_check:
-                    continue
-                next_js_check = loop.time() + self.js_check_interval_s
-                if probe is None or probe.is_closed:
-                    probe = await self._probe_client()
-                    if probe is None:
-                        continue
-                if not probe.is_connected or await _jetstream_usable(probe):
-                    refusals = 0
-                    if self.state == "jetstream_disabled":
-                        self._set_state("running", "JetStream is usable again")
-                    continue
-                refusals += 1
-                if refusals < 2:  # one refusal may be a hiccup; a restart is not cheap
-                    continue
-                free = _free_bytes(self.store_dir)
-                if self.state != "jetstream_disabled":
-                    self._set_state("jetstream_disabled",
-                                    "JetStream is disabled (a storage error, e.g. a full disk); "
-                                    "the server is restarted once the store has free space",
-                                    free_bytes=free)
-                if free is not None and free >= self.min_free_bytes:
-                    log.info("restarting nats-server to re-enable JetStream",
-                             extra={"url": self.public_url, "free_bytes": free})
-                    self._terminate()
-                    if await self._respawn():
-                        self._set_state("running", "nats-server restarted",
-                                        restarts=self.restarts)
-        finally:
-            if probe is not None:
-                with contextlib.suppress(Exception):
-                    await probe.close()
+        next_store_check = loop.time() + self.js_check_interval_s
+        while True:
+            await asyncio.sleep(self.check_interval_s)
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                code = None if proc is None else proc.returncode
+                self._set_state("down", "nats-server exited; restarting it", exit_code=code)
+                backoff_s = min(max(backoff_s * 2, self.min_backoff_s), self.max_backoff_s)
+                await asyncio.sleep(backoff_s)
+                if await self._respawn():
+                    backoff_s = 0.0
+                    self._set_state("running", "nats-server restarted", restarts=self.restarts)
+                continue
+            if loop.time() < next_store_check:
+                continue
+            next_store_check = loop.time() + self.js_check_interval_s
+            fault = self._storage_fault()
+            if fault and self.state != "storage_fault":
+                self._set_state("storage_fault",
+                                "JetStream cannot write its store (e.g. a full disk); "
+                                "nats-server is restarted once the store has free space",
+                                reason=fault)
+            if self.state != "storage_fault":
+                continue
+            # nats-server does not recover a stream that failed a write, nor re-enable a
+            # JetStream it disabled: only a restart does, once there is room again.
+            free = _free_bytes(self.store_dir)
+            if free is not None and free >= self.min_free_bytes:
+                log.info("restarting nats-server: the store has free space again",
+                         extra={"url": self.public_url, "free_bytes": free})
+                self._terminate()
+                if await self._respawn():
+                    self._set_state("running", "nats-server restarted", restarts=self.restarts)
 
-    async def _probe_client(self) -> NATS | None:
-        """The supervisor's own connection (JetStream checks); None while unreachable."""
+    def _storage_fault(self) -> str | None:
+        """The server's own word on a storage failure since the last look (its log file)."""
         try:
-            return await nats.connect(
-                self.url, name="duet-nats-supervisor", connect_timeout=2,
-                max_reconnect_attempts=-1, reconnect_time_wait=0.25, allow_reconnect=True,
-                error_cb=_ignore_error)
-        except Exception:
+            with self.log_path.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                end = f.tell()
+                start = self._log_offset if self._log_offset <= end else 0
+                f.seek(max(start, end - _LOG_SCAN_BYTES))
+                text = f.read().decode(errors="replace")
+        except OSError:
             return None
+        self._log_offset = end
+        for line in text.splitlines():
+            if any(marker in line for marker in _STORAGE_FAULTS):
+                return line.partition("] ")[2][-300:] or line[-300:]
+        return None
 
     async def _respawn(self, timeout_s: float = 10.0) -> bool:
         """Start the child again (same port, password and store); whether it came up."""
@@ -306,24 +310,6 @@ class EmbeddedNats:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-async def _jetstream_usable(nc: NATS, timeout_s: float = 2.0) -> bool:
-    """Whether JetStream answers an account-info request on a live connection.
-
-    A connection lost meanwhile counts as usable: that is the exit watch's business.
-    """
-    try:
-        await nc.jetstream(timeout=timeout_s).account_info()
-    except TimeoutError:
-        return True  # slow is not disabled (a disabled JetStream answers at once)
-    except Exception:
-        return not nc.is_connected
-    return True
-
-
-async def _ignore_error(exc: Exception) -> None:
-    """The supervisor's own client: outages are the supervisor's to report."""
 
 
 def _free_bytes(path: Path) -> int | None:

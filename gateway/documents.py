@@ -90,6 +90,9 @@ async def post_document(request: Request) -> JSONResponse:
             f"content of {content_bytes} bytes (UTF-8) is over {settings.max_content_bytes}")
     nc = state.runtime.nc
     assert nc is not None
+    health = getattr(request.app.state, "health", None)
+    if health is not None and health.nats_down():
+        raise DependencyError(_STORE_DOWN)  # at once: a publish would wait out its timeout
     try:
         if request.query_params.get("wait", "").lower() not in _TRUE:
             published = await publish_event(nc, event)

@@ -124,6 +124,11 @@ class HealthProber:
 
     # --- the verdicts -------------------------------------------------------------------
 
+    def nats_down(self) -> bool:
+        """Whether the last probe found NATS or JetStream unusable (refuse writes at once)."""
+        check = self.checks.get("nats")
+        return check is not None and not check.ok
+
     @property
     def healthy(self) -> bool:
         """Whether no dependency is down (the tasks are judged by the caller)."""
@@ -208,6 +213,9 @@ class HealthProber:
         nc = runtime.nc
         if nc is None or not nc.is_connected:
             return Check("down", error="not connected", detail=detail)
+        if self.embedded is not None and self.embedded.state == "storage_fault":
+            return Check("down", error="JetStream cannot write its store (disk full?)",
+                         detail=detail)
         js = nc.jetstream(timeout=self.settings.health_timeout_s)
         try:
             info = await js.stream_info(self.settings.stream_name)

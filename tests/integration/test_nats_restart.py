@@ -1,0 +1,126 @@
+"""The embedded nats-server is SIGKILLed under a running gateway: the supervisor starts it
+again, and every consumer of the gateway resumes (real NATS, Chroma, gateway)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.natsd import EmbeddedNats, close_nats, connect
+from tests.conftest import make_settings, run_gateway
+
+pytestmark = pytest.mark.integration
+
+
+async def _until(check, timeout_s: float = 30.0, what: str = "") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not within {timeout_s}s: {what}")
+
+
+def _doc(doc_id: str) -> dict:
+    return {"event_type": "CREATE", "doc_id": doc_id, "version": 1,
+            "content": f"# {doc_id}\n\nThis article explains how {doc_id} ships to customers.",
+            "metadata": {"acl": ["public"]}}
+
+
+async def test_supervisor_restarts_a_killed_server_on_the_same_port(tmp_path: Path) -> None:
+    async with EmbeddedNats(tmp_path / "nats", min_backoff_s=0.1) as server:
+        nc = await connect(server.url, name="test")
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name="KEEP", subjects=["keep.>"])
+            await js.publish("keep.a", b"before")
+            first = server.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+
+            async def back() -> bool:
+                return server.pid not in (None, first) and server.state == "running"
+
+            await _until(back, what="the server restarted")
+            assert server.restarts == 1
+            await _until(lambda: _true(nc.is_connected), what="the client reconnected")
+            ack = await js.publish("keep.a", b"after")  # same store: the stream is there
+            assert ack.seq == 2
+        finally:
+            await close_nats(nc)
+    assert server.pid is None  # closed with its supervisor: not restarted again
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_every_consumer_resumes_after_the_server_is_killed(tmp_path: Path) -> None:
+    async with EmbeddedNats(tmp_path / "nats", min_backoff_s=2.0) as server:
+        settings = make_settings(tmp_path, server.url, health_interval_s=0.2)
+        async with run_gateway(settings) as gw, \
+                httpx.AsyncClient(base_url=gw.base_url, timeout=30) as client:
+            runtime = gw.state.runtime
+            sessions = gw.state.chat.sessions
+            assert (await client.post("/v1/documents", params={"wait": "true"},
+                                      json=_doc("before"))).status_code == 200
+            os.kill(server.pid, signal.SIGKILL)
+
+            # while it is down: 503 with Retry-After, never 500; health says so
+            async def refused() -> bool:
+                res = await client.post("/v1/documents", json=_doc("during"))
+                assert res.status_code in (202, 503), res.text
+                if res.status_code == 503:
+                    assert res.headers["Retry-After"]
+                    assert res.json()["error"]["message"] == (
+                        "the document store is unavailable, retry shortly")
+                return res.status_code == 503
+
+            await _until(refused, what="a 503 while NATS is down")
+            await _until(lambda: _status(client, "/healthz", 503), what="/healthz 503")
+            await _until(lambda: _status(client, "/readyz", 503), what="/readyz 503")
+            # back: health, readiness and the ingest worker's pull subscription
+            await _until(lambda: _status(client, "/healthz", 200), what="/healthz 200 again")
+            await _until(lambda: _status(client, "/readyz", 200), what="/readyz 200 again")
+            res = await client.post("/v1/documents", params={"wait": "true"},
+                                    json=_doc("after"))
+            assert res.status_code == 200 and res.json()["outcome"] == "applied"
+
+            # the registry watches: a change written by another process arrives
+            other = await connect(server.url, name="other-writer")
+            try:
+                later = datetime.now(UTC) + timedelta(days=1)
+                kv = await other.jetstream().key_value(settings.registry_bucket)
+                await kv.put("meta.as_of", later.isoformat().encode())
+
+                async def as_of_seen() -> bool:
+                    return runtime._as_of == later
+
+                await _until(as_of_seen, timeout_s=8.0, what="the as-of watch resumed")
+                # the session heartbeat: its bucket (in memory) was lost, and made again
+                gateways = await other.jetstream().key_value("DUET_SESSIONS_GATEWAYS")
+
+                async def heartbeat_written() -> bool:
+                    try:
+                        return (await gateways.get(sessions.instance)).value == b"1"
+                    except Exception:
+                        return False
+
+                await _until(heartbeat_written, what="the session heartbeat resumed")
+            finally:
+                await close_nats(other)
+            assert gw.state.runtime.tasks.healthy
+            # and chat answers
+            answer = await client.post("/v1/chat", json={"text": "How does after ship?"})
+            assert answer.status_code == 200 and answer.json()["type"] == "done"
+
+
+async def _status(client: httpx.AsyncClient, path: str, status: int) -> bool:
+    return (await client.get(path)).status_code == status
