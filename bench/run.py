@@ -3,7 +3,7 @@
 Each benchmark writes its figures to ``bench-results/NAME.json``; the table at the end is
 read back from those files. A benchmark that fails is reported and the others still run
 (the exit status says so). Names: ingest, query, chat, stackfaq, answers,
-ingest_under_load, whatsapp, widget, supervisor, voice (default: all).
+ingest_under_load, whatsapp, widget, supervisor, voice, faults (default: all).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ BENCHES = {
     "widget": "bench.widget_bench",
     "supervisor": "bench.supervisor_bench",
     "voice": "bench.voice_bench",
+    "faults": "bench.faults_bench",
 }
 
 
@@ -141,6 +142,15 @@ def summary_rows() -> list[tuple[str, str, str]]:
             rows.append(("voice", f"{key.replace('_', ' ')}: speech end → answer audio, ms "
                          "p50 / p90", _p(value.get("speech_end_to_answer_audio_ms (client)"),
                                          "p50", "p90")))
+    if (r := _load("faults")) is not None:
+        kill = r.get("nats_sigkill") or {}
+        rows.append(("faults", "nats SIGKILL → document API back · /healthz 200, ms p50",
+                     f"{_p(kill.get('kill_to_document_api_back_ms'), 'p50')} · "
+                     f"{_p(kill.get('kill_to_healthz_200_ms'), 'p50')} (lost {kill.get('lost')})"))
+        disk = r.get("disk_full") or {}
+        rows.append(("faults", "disk freed → publish accepted · /healthz 200, ms",
+                     f"{disk.get('free_to_publish_accepted_ms', '-')} · "
+                     f"{disk.get('free_to_healthz_200_ms', '-')}"))
     return rows
 
 
