@@ -47,6 +47,7 @@ log = logging.getLogger("duet.health")
 
 Status = Literal["ok", "slow", "low", "down"]
 
+_NOT_CONNECTED = "not connected"
 #: the id of the one record the write probe puts into (and removes from) its collection.
 _PROBE_ID = "duet-health-probe"
 
@@ -124,15 +125,30 @@ class HealthProber:
 
     # --- the verdicts -------------------------------------------------------------------
 
+    def current(self) -> dict[str, Check]:
+        """The last round's results, and what is known for free since: a connection that
+        is lost now makes ``nats`` down at once, without waiting for the next round."""
+        checks = dict(self.checks)
+        nc = self.runtime.nc
+        last = checks.get("nats")
+        if last is not None and last.ok and (nc is None or not nc.is_connected):
+            checks["nats"] = Check("down", error=_NOT_CONNECTED, detail=last.detail)
+        return checks
+
     def nats_down(self) -> bool:
-        """Whether the last probe found NATS or JetStream unusable (refuse writes at once)."""
+        """Whether NATS or JetStream is unusable now (refuse writes at once): disconnected,
+        or JetStream failing at the last probe (a lost connection that is back since is
+        left to the write itself)."""
+        nc = self.runtime.nc
+        if nc is None or not nc.is_connected:
+            return True
         check = self.checks.get("nats")
-        return check is not None and not check.ok
+        return check is not None and not check.ok and check.error != _NOT_CONNECTED
 
     @property
     def healthy(self) -> bool:
         """Whether no dependency is down (the tasks are judged by the caller)."""
-        return all(check.ok for check in self.checks.values())
+        return all(check.ok for check in self.current().values())
 
     def ready(self) -> tuple[bool, str | None]:
         """Whether the gateway can take traffic now, else the first reason why not."""
@@ -212,7 +228,7 @@ class HealthProber:
                                   "restarts": self.embedded.restarts}
         nc = runtime.nc
         if nc is None or not nc.is_connected:
-            return Check("down", error="not connected", detail=detail)
+            return Check("down", error=_NOT_CONNECTED, detail=detail)
         if self.embedded is not None and self.embedded.state == "storage_fault":
             return Check("down", error="JetStream cannot write its store (disk full?)",
                          detail=detail)

@@ -38,7 +38,7 @@ async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "starting"}, status_code=503,
                             headers={"Retry-After": str(RETRY_AFTER_S)})
     runtime = state.runtime
-    deps = {name: check.as_dict() for name, check in prober.checks.items()}
+    deps = {name: check.as_dict() for name, check in prober.current().items()}
     tasks = {name: task.as_dict() for name, task in sorted(runtime.tasks.report().items())}
     ok = prober.healthy and all(t["ok"] for t in tasks.values())
     status_code = 200 if ok else 503
