@@ -408,9 +408,9 @@ async def connect(url: str, *, name: str) -> NATS:
 _LOGS: weakref.WeakKeyDictionary[NATS, ConnectionLog] = weakref.WeakKeyDictionary()
 
 
-def connection_log(nc: NATS) -> ConnectionLog | None:
+def connection_log(nc: NATS | None) -> ConnectionLog | None:
     """The :class:`ConnectionLog` of a client made by :func:`connect` (None otherwise)."""
-    return _LOGS.get(nc)
+    return _LOGS.get(nc) if nc is not None else None
 
 
 async def close_nats(nc: NATS, *, timeout_s: float = 5.0) -> None:

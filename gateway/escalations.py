@@ -44,6 +44,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
+from core.natsd import connection_log
 from gateway.protocol import ErrorCode, ProtocolError
 
 __all__ = [
@@ -216,9 +217,16 @@ class MemoryStore:
 class _BucketStore:
     """The ``DUET_CONVERSATIONS`` bucket."""
 
-    def __init__(self, kv: KeyValue, presence: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, presence: KeyValue, *,
+                 js: JetStreamContext | None = None) -> None:
         self.kv = kv
         self.presence = presence
+        self._js = js
+
+    async def reopen_presence(self) -> None:
+        """Open the presence bucket again: it lives in memory, and a restarted NATS lost it."""
+        if self._js is not None:
+            self.presence = await _open_presence(self._js)
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         try:
@@ -242,16 +250,34 @@ class _BucketStore:
             raise _Conflict(key) from exc
 
     async def watch(self) -> AsyncIterator[tuple[str, bytes | None, int]]:
+        # The watch's consumer lives in the server's memory: after a reconnection (a
+        # restarted server) it ends, and the caller opens it again at once.
+        conn = connection_log(getattr(self._js, "_nc", None))
+        generation = conn.generation if conn is not None else 0
         watcher = await self.kv.watchall()
         try:
-            async for entry in watcher:
-                if entry is None:  # the end of the initial values
+            while conn is None or conn.generation == generation:
+                try:
+                    entry = await watcher.updates(timeout=1.0)
+                except TimeoutError:
+                    continue
+                if not isinstance(entry, KeyValue.Entry):  # the end of the initial values
                     continue
                 value = entry.value if entry.operation is None else None
                 yield entry.key, value, entry.revision or 0
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()
+
+
+async def _open_presence(js: JetStreamContext) -> KeyValue:
+    """The supervisors' presence bucket (in memory: presence is worthless after a restart)."""
+    try:
+        return await js.key_value("DUET_SUPERVISORS")
+    except BucketNotFoundError:
+        return await js.create_key_value(config=KeyValueConfig(
+            bucket="DUET_SUPERVISORS", history=1, ttl=PRESENCE_TTL_S,
+            storage=StorageType.MEMORY))
 
 
 def _refuse(code: str, message: str) -> ProtocolError:
@@ -282,13 +308,7 @@ class EscalationQueue:
             kv = await js.create_key_value(config=KeyValueConfig(
                 bucket=bucket, history=1, ttl=ttl_s, storage=StorageType.FILE,
                 max_value_size=1024 * 1024))
-        try:
-            presence = await js.key_value("DUET_SUPERVISORS")
-        except BucketNotFoundError:
-            presence = await js.create_key_value(config=KeyValueConfig(
-                bucket="DUET_SUPERVISORS", history=1, ttl=PRESENCE_TTL_S,
-                storage=StorageType.MEMORY))
-        return cls(_BucketStore(kv, presence))
+        return cls(_BucketStore(kv, await _open_presence(js), js=js))
 
     # --- lifetime ----------------------------------------------------------------------
 
@@ -602,8 +622,12 @@ class EscalationQueue:
         """This supervisor socket is open (call every few seconds)."""
         store = self._store
         if isinstance(store, _BucketStore):
-            with contextlib.suppress(Exception):
+            try:
                 await store.presence.put(connection, agent.encode())
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await store.reopen_presence()
+                    await store.presence.put(connection, agent.encode())
         else:
             store.presence[connection] = (agent, self._clock())  # type: ignore[attr-defined]
         self._online_cache = (-1.0, [])

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from core.natsd import EmbeddedNats, close_nats, connect
+from gateway.escalations import EscalationQueue
 from tests.conftest import make_settings, run_gateway
 
 pytestmark = pytest.mark.integration
@@ -114,6 +115,18 @@ async def test_every_consumer_resumes_after_the_server_is_killed(tmp_path: Path)
                         return False
 
                 await _until(heartbeat_written, what="the session heartbeat resumed")
+                # the escalation watch: a conversation queued by another process arrives
+                escalations = gw.state.chat.escalations
+                elsewhere = await EscalationQueue.open(other.jetstream())
+                await elsewhere.enqueue("after-restart", "human_request")
+
+                async def queued_here() -> bool:
+                    return escalations.get("after-restart") is not None
+
+                await _until(queued_here, timeout_s=8.0, what="the escalation watch resumed")
+                # supervisor presence: its bucket (in memory) was lost, and made again
+                await escalations.announce("alice", "socket-1")
+                assert "alice" in await escalations.online()
             finally:
                 await close_nats(other)
             assert gw.state.runtime.tasks.healthy
