@@ -116,14 +116,15 @@ class EmbeddedNats:
     """A nats-server child process with JetStream and a generated password, stopped on exit."""
 
     def __init__(self, store_dir: Path, *, port: int | None = None,
-                 min_backoff_s: float = 0.1, max_backoff_s: float = 5.0, min_free_bytes: int = 16 * 1024 * 1024,
-                 check_interval_s: float = 0.25, js_check_interval_s: float = 1.0) -> None:
+                 min_backoff_s: float = 0.1, max_backoff_s: float = 5.0,
+                 min_free_bytes: int = 16 * 1024 * 1024, check_interval_s: float = 0.25,
+                 store_check_interval_s: float = 1.0) -> None:
         self.store_dir = store_dir
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
         self.min_free_bytes = min_free_bytes
         self.check_interval_s = check_interval_s
-        self.js_check_interval_s = js_check_interval_s
+        self.store_check_interval_s = store_check_interval_s
         #: ``running``, ``down`` (the child exited; being restarted) or ``storage_fault``
         #: (JetStream failed a write; restarted once the store has free space).
         self.state: SupervisorState = "running"
@@ -161,8 +162,8 @@ class EmbeddedNats:
             self._log_offset = self.log_path.stat().st_size
         except OSError:
             self._log_offset = 0
-        # Spawned from the event loop's own thread (a few ms, at start-up only): the
-        # parent-death signal below is tied to the thread that forks.
+        # Spawned from the event loop's own thread (a few ms, at start-up and restarts
+        # only): the parent-death signal below is tied to the thread that forks.
         self._proc = self._spawn(cmd)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -177,7 +178,7 @@ class EmbeddedNats:
                 return self.url
             except OSError:
                 await asyncio.sleep(0.05)
-        self.stop()
+        self._terminate()  # not stop(): a restart by the supervisor must not end supervision
         raise DependencyError("nats-server did not start in time")
 
     def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
@@ -217,7 +218,7 @@ class EmbeddedNats:
         """The supervision loop: restart an exited child, and one with a storage fault."""
         loop = asyncio.get_running_loop()
         backoff_s = 0.0
-        next_store_check = loop.time() + self.js_check_interval_s
+        next_store_check = loop.time() + self.store_check_interval_s
         while True:
             await asyncio.sleep(self.check_interval_s)
             proc = self._proc
@@ -232,7 +233,7 @@ class EmbeddedNats:
                 continue
             if loop.time() < next_store_check:
                 continue
-            next_store_check = loop.time() + self.js_check_interval_s
+            next_store_check = loop.time() + self.store_check_interval_s
             fault = self._storage_fault()
             if fault and self.state != "storage_fault":
                 self._set_state("storage_fault",

@@ -64,7 +64,7 @@ async def _true(value: bool) -> bool:
 
 
 async def test_every_consumer_resumes_after_the_server_is_killed(tmp_path: Path) -> None:
-    async with EmbeddedNats(tmp_path / "nats", min_backoff_s=2.0) as server:
+    async with EmbeddedNats(tmp_path / "nats", min_backoff_s=3.0) as server:
         settings = make_settings(tmp_path, server.url, health_interval_s=0.2)
         async with run_gateway(settings) as gw, \
                 httpx.AsyncClient(base_url=gw.base_url, timeout=30) as client:
@@ -74,19 +74,23 @@ async def test_every_consumer_resumes_after_the_server_is_killed(tmp_path: Path)
                                       json=_doc("before"))).status_code == 200
             os.kill(server.pid, signal.SIGKILL)
 
-            # while it is down: 503 with Retry-After, never 500; health says so
-            async def refused() -> bool:
+            # while it is down: 503 with Retry-After, never 500; health and readiness say so
+            seen: set[str] = set()
+
+            async def all_down() -> bool:
                 res = await client.post("/v1/documents", json=_doc("during"))
                 assert res.status_code in (202, 503), res.text
                 if res.status_code == 503:
                     assert res.headers["Retry-After"]
                     assert res.json()["error"]["message"] == (
                         "the document store is unavailable, retry shortly")
-                return res.status_code == 503
+                    seen.add("documents")
+                for path in ("/healthz", "/readyz"):
+                    if (await client.get(path)).status_code == 503:
+                        seen.add(path)
+                return seen == {"documents", "/healthz", "/readyz"}
 
-            await _until(refused, what="a 503 while NATS is down")
-            await _until(lambda: _status(client, "/healthz", 503), what="/healthz 503")
-            await _until(lambda: _status(client, "/readyz", 503), what="/readyz 503")
+            await _until(all_down, what="503s while NATS is down")
             # back: health, readiness and the ingest worker's pull subscription
             await _until(lambda: _status(client, "/healthz", 200), what="/healthz 200 again")
             await _until(lambda: _status(client, "/readyz", 200), what="/readyz 200 again")
@@ -106,10 +110,9 @@ async def test_every_consumer_resumes_after_the_server_is_killed(tmp_path: Path)
 
                 await _until(as_of_seen, timeout_s=8.0, what="the as-of watch resumed")
                 # the session heartbeat: its bucket (in memory) was lost, and made again
-                gateways = await other.jetstream().key_value("DUET_SESSIONS_GATEWAYS")
-
                 async def heartbeat_written() -> bool:
                     try:
+                        gateways = await other.jetstream().key_value("DUET_SESSIONS_GATEWAYS")
                         return (await gateways.get(sessions.instance)).value == b"1"
                     except Exception:
                         return False
@@ -137,3 +140,26 @@ async def test_every_consumer_resumes_after_the_server_is_killed(tmp_path: Path)
 
 async def _status(client: httpx.AsyncClient, path: str, status: int) -> bool:
     return (await client.get(path)).status_code == status
+
+
+async def test_a_storage_fault_restarts_the_server_once_there_is_room(tmp_path: Path) -> None:
+    """What nats-server logs when a write fails for lack of space: the stream stays failed
+    until a restart; the supervisor restarts it (there is room here)."""
+    async with EmbeddedNats(tmp_path / "nats", store_check_interval_s=0.1) as server:
+        first = server.pid
+        with server.log_path.open("a") as log:
+            log.write("[1] 2026/01/01 00:00:00.000000 [ERR] Filestore [DUET_DOCS] Critical "
+                      "write error: write .../1.blk: no space left on device\n")
+
+        async def restarted() -> bool:
+            return server.restarts == 1 and server.state == "running"
+
+        await _until(restarted, timeout_s=10, what="a restart after the storage fault")
+        assert server.pid != first
+        nc = await connect(server.url, name="test")
+        try:
+            await nc.jetstream().account_info()
+        finally:
+            await close_nats(nc)
+        await asyncio.sleep(0.5)
+        assert server.restarts == 1  # the old line is not read again
