@@ -182,10 +182,11 @@ class EmbeddedNats:
         raise DependencyError("nats-server did not start in time")
 
     def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
+        prefix, preexec = _parent_death_guard()
         with self.log_path.open("ab") as log_file:
             return subprocess.Popen(
-                cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                prefix + cmd, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=preexec)
 
     @property
     def pid(self) -> int | None:
@@ -320,14 +321,30 @@ def _free_bytes(path: Path) -> int | None:
         return None
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the parent dies, even by SIGKILL (Linux ``prctl``).
+def _parent_death_guard() -> tuple[list[str], Callable[[], None] | None]:
+    """How the child gets SIGTERM when this process dies, even by SIGKILL (Linux).
 
     Without it a killed ``duet serve`` would leave its nats-server running on the store
-    directory that the next start would then share.
+    directory that the next start would then share. ``setpriv --pdeathsig`` sets it in the
+    child without running Python there: a ``preexec_fn`` runs Python between fork and exec,
+    which can deadlock once other threads exist (Chroma's, the models') — and a restart
+    happens when they do. Without ``setpriv``, a ``prctl`` looked up beforehand is called.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if not sys.platform.startswith("linux"):
+        return [], None
+    setpriv = shutil.which("setpriv")
+    if setpriv:
+        return [setpriv, "--pdeathsig", "TERM", "--"], None
+    return [], _die_with_parent
+
+
+def _die_with_parent() -> None:
+    """In the child: ``prctl(PR_SET_PDEATHSIG, SIGTERM)``, with the function found before
+    the fork (no library loading in the child)."""
+    _PRCTL(1, signal.SIGTERM)
+
+
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def resolve_nats_url(configured: str | None, data_dir: Path) -> str | None:

@@ -4,6 +4,7 @@ again, and every consumer of the gateway resumes (real NATS, Chroma, gateway).""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,8 @@ import pytest
 
 from core.natsd import EmbeddedNats, close_nats, connect
 from gateway.escalations import EscalationQueue
+from gateway.events import UserMessage
+from gateway.store import INSTANCE_HEADER, SessionJournal
 from tests.conftest import make_settings, run_gateway
 
 pytestmark = pytest.mark.integration
@@ -72,25 +75,29 @@ async def test_every_consumer_resumes_after_the_server_is_killed(tmp_path: Path)
             sessions = gw.state.chat.sessions
             assert (await client.post("/v1/documents", params={"wait": "true"},
                                       json=_doc("before"))).status_code == 200
+            # a session this process follows (the fan-out subscription of its log subject)
+            opened = await client.post("/v1/chat", json={"text": "How do parcels ship?"})
+            session = sessions.held(opened.json()["session_id"])
+            assert session is not None
+            await sessions.watch(session)
             os.kill(server.pid, signal.SIGKILL)
 
             # while it is down: 503 with Retry-After, never 500; health and readiness say so
-            seen: set[str] = set()
-
-            async def all_down() -> bool:
+            # (each polled on its own: a write in flight at the kill waits out its 5 s
+            # publish timeout, longer than this outage)
+            async def refused() -> bool:
                 res = await client.post("/v1/documents", json=_doc("during"))
                 assert res.status_code in (202, 503), res.text
                 if res.status_code == 503:
                     assert res.headers["Retry-After"]
                     assert res.json()["error"]["message"] == (
                         "the document store is unavailable, retry shortly")
-                    seen.add("documents")
-                for path in ("/healthz", "/readyz"):
-                    if (await client.get(path)).status_code == 503:
-                        seen.add(path)
-                return seen == {"documents", "/healthz", "/readyz"}
+                return res.status_code == 503
 
-            await _until(all_down, what="503s while NATS is down")
+            await asyncio.gather(
+                _until(refused, what="a 503 from the document API while NATS is down"),
+                _until(lambda: _status(client, "/healthz", 503), what="/healthz 503"),
+                _until(lambda: _status(client, "/readyz", 503), what="/readyz 503"))
             # back: health, readiness and the ingest worker's pull subscription
             await _until(lambda: _status(client, "/healthz", 200), what="/healthz 200 again")
             await _until(lambda: _status(client, "/readyz", 200), what="/readyz 200 again")
@@ -130,6 +137,15 @@ async def test_every_consumer_resumes_after_the_server_is_killed(tmp_path: Path)
                 # supervisor presence: its bucket (in memory) was lost, and made again
                 await escalations.announce("alice", "socket-1")
                 assert "alice" in await escalations.online()
+                # the session fan-out: an event another process appends reaches us
+                queue = session.subscribe()
+                foreign = UserMessage(text="from the other gateway").stamped(
+                    session.id, session.seq + 1)
+                await other.publish(SessionJournal.subject(session.id),
+                                    json.dumps(foreign.wire()).encode(),
+                                    headers={INSTANCE_HEADER: "another-gateway"})
+                got = await asyncio.wait_for(queue.get(), 10)
+                assert got.type == "user_message" and got.seq == foreign.seq
             finally:
                 await close_nats(other)
             assert gw.state.runtime.tasks.healthy
