@@ -4,6 +4,8 @@
   trickle of document writes; per round: kill → ``/healthz`` 503 (detection), kill → the
   first accepted write (document API back), kill → ``/healthz`` 200, and the writes refused
   meanwhile. Then every accepted document must be applied (lost = 0).
+- **quiet_outage**: NATS held down for 10 s with no traffic: log bytes per second (the
+  issue measured 2.6 KB/s of tracebacks).
 - **disk_full** (needs root for a tmpfs): the NATS store's disk is filled, then freed;
   fill → ``/healthz`` 503, free → publish accepted again, free → ``/healthz`` 200.
 
@@ -148,6 +150,28 @@ async def nats_sigkill(root: Path) -> dict[str, Any]:
         serve.stop()
 
 
+async def quiet_outage(root: Path, down_s: float = 10.0) -> dict[str, Any]:
+    """Log bytes per second while NATS stays down (its restart held back), no traffic."""
+    data = root / "data"
+    serve = ServeProcess(data, "", DUET_LOG_LEVEL="INFO",
+                         DUET_NATS_RESTART_MIN_BACKOFF_S=str(down_s + 5))
+    log = data.parent / f"serve-{serve.port}.log"
+    try:
+        await serve.ready()
+        await asyncio.sleep(2.0)
+        pid = child_pid(serve.proc.pid, "nats-server")
+        assert pid is not None, "no nats-server child"
+        before = log.stat().st_size
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(down_s)
+        grown = log.stat().st_size - before
+        return {"down_s": down_s, "log_bytes": grown,
+                "log_bytes_per_s": round(grown / down_s, 1),
+                "tracebacks": log.read_text(errors="replace").count("Traceback")}
+    finally:
+        serve.stop()
+
+
 async def disk_full(root: Path) -> dict[str, Any]:
     mount = root / "small"
     with tmpfs(mount, 96):
@@ -201,6 +225,7 @@ async def main() -> None:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="duet-faults-") as tmp:
         results["nats_sigkill"] = await nats_sigkill(Path(tmp) / "kill")
+        results["quiet_outage"] = await quiet_outage(Path(tmp) / "quiet")
         try:
             results["disk_full"] = await disk_full(Path(tmp) / "disk")
         except PermissionError as exc:

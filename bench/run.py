@@ -147,6 +147,9 @@ def summary_rows() -> list[tuple[str, str, str]]:
         rows.append(("faults", "nats SIGKILL → document API back · /healthz 200, ms p50",
                      f"{_p(kill.get('kill_to_document_api_back_ms'), 'p50')} · "
                      f"{_p(kill.get('kill_to_healthz_200_ms'), 'p50')} (lost {kill.get('lost')})"))
+        quiet = r.get("quiet_outage") or {}
+        rows.append(("faults", "log while NATS is down, bytes/s · tracebacks",
+                     f"{quiet.get('log_bytes_per_s', '-')} · {quiet.get('tracebacks', '-')}"))
         disk = r.get("disk_full") or {}
         rows.append(("faults", "disk freed → publish accepted · /healthz 200, ms",
                      f"{disk.get('free_to_publish_accepted_ms', '-')} · "
