@@ -101,7 +101,7 @@ async def post_document(request: Request) -> JSONResponse:
                                                     timeout_s=settings.wait_timeout_s)
     except TimeoutError_:
         raise  # published, not applied in time: 504
-    except DependencyError as exc:  # NATS down or JetStream unusable: nothing was accepted
+    except DependencyError as exc:  # NATS or JetStream down: not acknowledged, so retried
         raise DependencyError(_STORE_DOWN) from exc
     return _wait_response(published.event_id, outcome)
 
