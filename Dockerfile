@@ -24,6 +24,9 @@ ENV DUET_HOST=0.0.0.0 \
     DUET_DATA_DIR=/data
 VOLUME ["/data"]
 EXPOSE 8080
+# /readyz: started, NATS connected, the store readable (docs/operations.md).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=6 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=3)"]
 
 ENTRYPOINT ["duet"]
 CMD ["serve"]

@@ -3,7 +3,8 @@
 Each benchmark writes its figures to ``bench-results/NAME.json``; the table at the end is
 read back from those files. A benchmark that fails is reported and the others still run
 (the exit status says so). Names: ingest, query, chat, stackfaq, answers,
-ingest_under_load, whatsapp, widget, supervisor, voice, flood, soak, crowd (default: all).
+ingest_under_load, whatsapp, widget, supervisor, voice, flood, soak, crowd, faults
+(default: all).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ BENCHES = {
     "flood": "bench.flood_bench",
     "soak": "bench.soak_bench",
     "crowd": "bench.crowd_bench",
+    "faults": "bench.faults_bench",
 }
 
 
@@ -169,6 +171,18 @@ def summary_rows() -> list[tuple[str, str, str]]:
                                             "after_junk_forced_past_gate")]
         rows.append(("crowd", "sample KB right answers: before · junk published · junk forced",
                      " · ".join(f"{f.get('right')}/{f.get('of')}" for f in figures)))
+    if (r := _load("faults")) is not None:
+        kill = r.get("nats_sigkill") or {}
+        rows.append(("faults", "nats SIGKILL → document API back · /healthz 200, ms p50",
+                     f"{_p(kill.get('kill_to_document_api_back_ms'), 'p50')} · "
+                     f"{_p(kill.get('kill_to_healthz_200_ms'), 'p50')} (lost {kill.get('lost')})"))
+        quiet = r.get("quiet_outage") or {}
+        rows.append(("faults", "log while NATS is down, bytes/s · tracebacks",
+                     f"{quiet.get('log_bytes_per_s', '-')} · {quiet.get('tracebacks', '-')}"))
+        disk = r.get("disk_full") or {}
+        rows.append(("faults", "disk freed → publish accepted · /healthz 200, ms",
+                     f"{disk.get('free_to_publish_accepted_ms', '-')} · "
+                     f"{disk.get('free_to_healthz_200_ms', '-')}"))
     return rows
 
 

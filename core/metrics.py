@@ -133,6 +133,24 @@ class Metrics:
             ["tier"], registry=r,
         )
 
+        # --- health and fault recovery (gateway/health.py, core/natsd.py) ---
+        self.dependency_up = Gauge(
+            "duet_dependency_up", "1 when the last health probe found the dependency usable.",
+            ["dependency"], registry=r,
+        )
+        self.health_probe_seconds = Histogram(
+            "duet_health_probe_seconds", "Duration of one health probe, by dependency.",
+            ["dependency"], buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5), registry=r,
+        )
+        self.nats_restarts = Counter(
+            "duet_nats_restarts_total",
+            "Restarts of the embedded nats-server (it exited, or lost JetStream).", registry=r,
+        )
+        self.data_dir_free_bytes = Gauge(
+            "duet_data_dir_free_bytes", "Free space of the file system of DUET_DATA_DIR.",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every series."""
         return generate_latest(self.registry)

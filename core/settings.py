@@ -60,6 +60,29 @@ class Settings(BaseSettings):
     chroma_url: OptionalStr = Field(None, description="Chroma server; unset uses embedded Chroma.")
     load_sample_kb: bool = Field(True, description="Publish the bundled sample articles at start.")
     run_worker: bool = Field(True, description="Run the ingest worker inside `duet serve`.")
+    # --- Health and fault recovery (brief H) ------------------------------------------
+    health_interval_s: float = Field(
+        2.0, gt=0, description="Seconds between background health probe rounds (/healthz).")
+    health_timeout_s: float = Field(
+        2.0, gt=0, description="Longest wait for one health probe; longer counts as down.")
+    health_slow_s: float = Field(
+        0.5, gt=0, description="A probe slower than this reports its dependency as slow.")
+    health_disk_warn_mb: int = Field(
+        512, ge=0, description="Free MB of the data dir below which /healthz says degraded.")
+    health_disk_min_mb: int = Field(
+        64, ge=0, description="Free MB of the data dir below which /healthz answers 503.")
+    health_probe_bucket: str = Field(
+        "DUET_HEALTH", description="JetStream KV bucket the health probe writes to.")
+    nats_restart_min_backoff_s: float = Field(
+        0.1, ge=0, description="Wait before the first restart of an exited embedded "
+                               "nats-server (doubled per failed try).")
+    nats_restart_max_backoff_s: float = Field(
+        5.0, gt=0, description="Longest wait between restarts of the embedded nats-server.")
+    nats_restart_min_free_mb: int = Field(
+        16, ge=0, description="Free MB of the NATS store needed before the embedded "
+                              "nats-server is restarted to re-enable JetStream.")
+    chroma_token: OptionalStr = Field(
+        None, description="Token sent to a Chroma server (Authorization: Bearer).")
 
     stream_name: str = Field("DUET_DOCS", description="JetStream stream of document events.")
     consumer_name: str = Field("duet-ingest", description="Durable pull consumer of the worker.")

@@ -28,6 +28,7 @@ from gateway.admission import Admission, AdmissionMiddleware
 from gateway.auth import CustomerTokens, security_middleware
 from gateway.channel import Channel, load_channels
 from gateway.errors import exception_handlers
+from gateway.health import HealthProber
 from gateway.services import chat_services
 from gateway.state import AppState
 from ingest.loader import events_from_directory
@@ -61,8 +62,12 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None,
         async with contextlib.AsyncExitStack() as stack:
             stack.enter_context(redacted_server_logs())
             nats_url = settings.nats_url
+            server: EmbeddedNats | None = None
             if not nats_url:
-                server = await stack.enter_async_context(EmbeddedNats(settings.nats_dir))
+                server = await stack.enter_async_context(EmbeddedNats(
+                    settings.nats_dir, min_backoff_s=settings.nats_restart_min_backoff_s,
+                    max_backoff_s=settings.nats_restart_max_backoff_s,
+                    min_free_bytes=settings.nats_restart_min_free_mb * 2**20))
                 nats_url = server.url
                 marker = settings.data_dir / "nats.url"
                 write_private(marker, nats_url + "\n")
@@ -79,8 +84,15 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None,
                 await stack.enter_async_context(chat_services(state))
             for channel in channels:
                 await stack.enter_async_context(channel.lifespan(state))
+            health = await stack.enter_async_context(
+                HealthProber(settings, runtime, metrics=metrics, embedded=server))
+            app.state.health = health
             log.info("gateway ready", extra={"nats": redact_url(nats_url)})
-            yield
+            health.accepting = True
+            try:
+                yield
+            finally:
+                health.accepting = False  # /readyz: 503 from the first moment of shutdown
 
     channel_routes = [route for channel in channels for route in channel.routes()]
     return Starlette(

@@ -32,6 +32,7 @@ from core.errors import (
     DependencyError,
     NotFoundError,
     PayloadTooLargeError,
+    TimeoutError_,
     UnsupportedMediaError,
     ValidationError,
 )
@@ -46,6 +47,8 @@ from ingest.publisher import publish_and_wait, publish_event
 __all__ = ["json_media_type", "routes"]
 
 _TRUE = {"1", "true", "yes"}
+#: the 503 of both endpoints while NATS or JetStream is down (with Retry-After).
+_STORE_DOWN = "the document store is unavailable, retry shortly"
 _JSON_TYPES = {"application/json"}
 #: ?wait=true: the status of each worker outcome, and the error code of the refusals.
 _WAIT_STATUS = {
@@ -96,10 +99,19 @@ async def post_document(request: Request) -> JSONResponse:
                                                        settings.max_document_chunks))
     nc = state.runtime.nc
     assert nc is not None
-    if request.query_params.get("wait", "").lower() not in _TRUE:
-        published = await publish_event(nc, event)
-        return JSONResponse({"event_id": published.event_id}, status_code=202)
-    published, outcome = await publish_and_wait(nc, event, timeout_s=settings.wait_timeout_s)
+    health = getattr(request.app.state, "health", None)
+    if health is not None and health.nats_down():
+        raise DependencyError(_STORE_DOWN)  # at once: a publish would wait out its timeout
+    try:
+        if request.query_params.get("wait", "").lower() not in _TRUE:
+            published = await publish_event(nc, event)
+            return JSONResponse({"event_id": published.event_id}, status_code=202)
+        published, outcome = await publish_and_wait(nc, event,
+                                                    timeout_s=settings.wait_timeout_s)
+    except TimeoutError_:
+        raise  # published, not applied in time: 504
+    except DependencyError as exc:  # NATS or JetStream down: not acknowledged, so retried
+        raise DependencyError(_STORE_DOWN) from exc
     return _wait_response(published.event_id, outcome)
 
 
@@ -130,11 +142,11 @@ async def get_document(request: Request) -> JSONResponse:
     nc = state.runtime.nc
     assert registry is not None and nc is not None
     if not nc.is_connected:
-        raise DependencyError("the document registry (NATS) is unavailable")
+        raise DependencyError(_STORE_DOWN)
     try:
         record, _ = await registry.get(doc_id)
     except Exception as exc:
-        raise DependencyError(f"registry read failed: {type(exc).__name__}") from exc
+        raise DependencyError(_STORE_DOWN) from exc
     if record is None:
         raise NotFoundError("no such document")
     return JSONResponse({

@@ -49,6 +49,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
+from core.natsd import connection_log
 from core.streams import MEMORY_BUCKET_MAX_BYTES, ensure_kv
 from gateway.protocol import ErrorCode, ProtocolError
 
@@ -224,9 +225,16 @@ class MemoryStore:
 class _BucketStore:
     """The ``DUET_CONVERSATIONS`` bucket."""
 
-    def __init__(self, kv: KeyValue, presence: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, presence: KeyValue, *,
+                 js: JetStreamContext | None = None) -> None:
         self.kv = kv
         self.presence = presence
+        self._js = js
+
+    async def reopen_presence(self) -> None:
+        """Open the presence bucket again: it lives in memory, and a restarted NATS lost it."""
+        if self._js is not None:
+            self.presence = await _open_presence(self._js)
 
     async def get(self, key: str) -> tuple[bytes, int] | None:
         try:
@@ -250,16 +258,31 @@ class _BucketStore:
             raise _Conflict(key) from exc
 
     async def watch(self) -> AsyncIterator[tuple[str, bytes | None, int]]:
+        # The watch's consumer lives in the server's memory: after a reconnection (a
+        # restarted server) it ends, and the caller opens it again at once.
+        conn = connection_log(getattr(self._js, "_nc", None))
+        generation = conn.generation if conn is not None else 0
         watcher = await self.kv.watchall()
         try:
-            async for entry in watcher:
-                if entry is None:  # the end of the initial values
+            while conn is None or conn.generation == generation:
+                try:
+                    entry = await watcher.updates(timeout=1.0)
+                except TimeoutError:
+                    continue
+                if not isinstance(entry, KeyValue.Entry):  # the end of the initial values
                     continue
                 value = entry.value if entry.operation is None else None
                 yield entry.key, value, entry.revision or 0
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()
+
+
+async def _open_presence(js: JetStreamContext) -> KeyValue:
+    """The supervisors' presence bucket (in memory: presence is worthless after a restart)."""
+    return await ensure_kv(js, KeyValueConfig(
+        bucket="DUET_SUPERVISORS", history=1, ttl=PRESENCE_TTL_S,
+        storage=StorageType.MEMORY, max_bytes=MEMORY_BUCKET_MAX_BYTES))
 
 
 def _refuse(code: str, message: str) -> ProtocolError:
@@ -287,10 +310,7 @@ class EscalationQueue:
         kv = await ensure_kv(js, KeyValueConfig(
             bucket=bucket, history=1, ttl=ttl_s, storage=StorageType.FILE,
             max_value_size=1024 * 1024, max_bytes=max_bytes))
-        presence = await ensure_kv(js, KeyValueConfig(
-            bucket="DUET_SUPERVISORS", history=1, ttl=PRESENCE_TTL_S,
-            storage=StorageType.MEMORY, max_bytes=MEMORY_BUCKET_MAX_BYTES))
-        return cls(_BucketStore(kv, presence))
+        return cls(_BucketStore(kv, await _open_presence(js), js=js))
 
     # --- lifetime ----------------------------------------------------------------------
 
@@ -323,14 +343,21 @@ class EscalationQueue:
                 self._apply(key, value, revision)
 
     async def _follow(self) -> None:
+        failing = False
         while True:
             try:
                 async for key, value, revision in self._store.watch():
+                    if failing:
+                        failing = False
+                        log.info("conversation watch resumed")
                     self._apply(key, value, revision)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("conversation watch failed; watching again")
+            except Exception as exc:  # NATS down: once per outage, not every second
+                if not failing:
+                    log.warning("conversation watch failed; watching again",
+                                extra={"reason": f"{type(exc).__name__}: {exc}"[:200]})
+                failing = True
                 await asyncio.sleep(1.0)
 
     def _apply(self, key: str, value: bytes | None, revision: int) -> None:
@@ -659,8 +686,12 @@ class EscalationQueue:
         """This supervisor socket is open (call every few seconds)."""
         store = self._store
         if isinstance(store, _BucketStore):
-            with contextlib.suppress(Exception):
+            try:
                 await store.presence.put(connection, agent.encode())
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await store.reopen_presence()
+                    await store.presence.put(connection, agent.encode())
         else:
             store.presence[connection] = (agent, self._clock())  # type: ignore[attr-defined]
         self._online_cache = (-1.0, [])

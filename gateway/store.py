@@ -98,6 +98,7 @@ class SessionJournal:
         self._js = js
         self._kv = kv
         self._instances = instances
+        self._instances_bucket = f"{kv._name}_GATEWAYS"
         self._stream = stream
         self._timeout_s = timeout_s
 
@@ -111,9 +112,7 @@ class SessionJournal:
         kv = await ensure_kv(js, KeyValueConfig(
             bucket=bucket, history=1, ttl=ttl_s, storage=StorageType.FILE,
             max_value_size=1024 * 1024, max_bytes=bucket_max_bytes))
-        instances = await ensure_kv(js, KeyValueConfig(
-            bucket=f"{bucket}_GATEWAYS", history=1, ttl=HEARTBEAT_TTL_S,
-            storage=StorageType.MEMORY, max_bytes=MEMORY_BUCKET_MAX_BYTES))
+        instances = await _open_instances(js, f"{bucket}_GATEWAYS")
         config = StreamConfig(
             name=stream, subjects=["duet.sessions.*"], storage=StorageType.FILE,
             max_msgs_per_subject=log_events, max_age=ttl_s, discard=DiscardPolicy.OLD,
@@ -216,8 +215,15 @@ class SessionJournal:
         """Say that this gateway process is alive (every few seconds)."""
         try:
             await self._instances.put(instance, b"1")
+            return
         except Exception as exc:
-            raise DependencyError(f"session store unavailable: {exc}") from exc
+            error: Exception = exc
+        # The bucket lives in the server's memory: a restarted nats-server has lost it.
+        try:
+            self._instances = await _open_instances(self._js, self._instances_bucket)
+            await self._instances.put(instance, b"1")
+        except Exception as exc:
+            raise DependencyError(f"session store unavailable: {error}") from exc
 
     async def alive(self, instance: str) -> bool:
         """Whether that gateway process said so within the heartbeat TTL."""
@@ -233,3 +239,10 @@ class SessionJournal:
         """A clean shutdown: this process's turns are not running anywhere any more."""
         with contextlib.suppress(Exception):
             await self._instances.delete(instance)
+
+
+async def _open_instances(js: JetStreamContext, bucket: str) -> KeyValue:
+    """The heartbeat bucket (in memory: heartbeats are worthless after a restart)."""
+    return await ensure_kv(js, KeyValueConfig(
+        bucket=bucket, history=1, ttl=HEARTBEAT_TTL_S, storage=StorageType.MEMORY,
+        max_bytes=MEMORY_BUCKET_MAX_BYTES))

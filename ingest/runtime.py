@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
 
 from core.errors import DependencyError
 from core.metrics import Metrics
-from core.natsd import close_nats, connect
+from core.natsd import close_nats, connect, connection_log
 from core.settings import CONFIGS_DIR, Settings
 from core.tasks import TaskBoard
 from ingest.aging import AgingJob
@@ -33,6 +36,10 @@ from ingest.worker import IngestWorker, ensure_stream
 __all__ = ["KnowledgeRuntime", "build_embedder"]
 
 log = logging.getLogger("duet.ingest")
+
+#: how long a KV watch waits for an update before checking for a reconnection, and the
+#: pause before opening a failed watch again.
+_WATCH_RETRY_S = 1.0
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -95,7 +102,7 @@ class KnowledgeRuntime:
         embedder = self._embedder or await asyncio.to_thread(build_embedder, s)
         store = self._store or await asyncio.to_thread(
             lambda: ChromaStore(path=None if s.chroma_url else s.chroma_dir, url=s.chroma_url,
-                                prefix=s.collection_prefix))
+                                prefix=s.collection_prefix, token=s.chroma_token))
         profiles = FreshnessProfiles.load(CONFIGS_DIR / "freshness.yaml")
         self.kb = KnowledgeBase(store, embedder, profiles, as_of=lambda: self.as_of,
                                 metrics=self.metrics, exact_max_chunks=s.exact_search_max_chunks,
@@ -127,19 +134,58 @@ class KnowledgeRuntime:
 
     async def _watch_as_of(self) -> None:
         assert self.registry is not None
-        watcher = await self.registry.watch_as_of()
-        async for entry in watcher:
-            if entry is not None and entry.value:
+        registry = self.registry
+
+        def take(entry: Any) -> None:
+            if entry.value:
                 with contextlib.suppress(ValueError):
                     self._as_of = datetime.fromisoformat(entry.value.decode())
+
+        await self._watch_forever("as-of watch", registry.watch_as_of, take)
 
     async def _watch_documents(self) -> None:
         """Tell the query API which documents change (caches of them go stale)."""
         assert self.registry is not None and self.kb is not None
-        watcher = await self.registry.watch_documents()
-        async for entry in watcher:
-            if entry is not None:
-                self.kb.note_change(entry.key.removeprefix("doc."))
+        kb = self.kb
+        await self._watch_forever("document watch", self.registry.watch_documents,
+                                  lambda entry: kb.note_change(entry.key.removeprefix("doc.")))
+
+    async def _watch_forever(self, name: str, open_watch: Callable[[], Awaitable[Any]],
+                             take: Callable[[Any], None]) -> None:
+        """Follow a KV watch for ever: opened again after an error or a reconnection.
+
+        A watch is an ordered consumer in the server's memory, lost when the server
+        restarts; nats-py would notice only after missed heartbeats, so the watch is opened
+        again as soon as the connection is back. Failures are logged once per outage.
+        """
+        assert self.nc is not None
+        conn = connection_log(self.nc)
+        failing = False
+        while True:
+            generation = conn.generation if conn is not None else 0
+            try:
+                watcher = await open_watch()
+            except Exception as exc:
+                if not failing:
+                    failing = True
+                    log.warning("%s failed; opening it again", name,
+                                extra={"reason": f"{type(exc).__name__}: {str(exc)[:200]}"})
+                await asyncio.sleep(_WATCH_RETRY_S)
+                continue
+            if failing:
+                failing = False
+                log.info("%s resumed", name)
+            try:
+                while conn is None or conn.generation == generation:
+                    try:
+                        entry = await watcher.updates(timeout=_WATCH_RETRY_S)
+                    except TimeoutError:
+                        continue
+                    if isinstance(entry, KeyValue.Entry):  # not the end-of-replay marker
+                        take(entry)
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
 
     async def __aexit__(self, *exc: object) -> None:
         worker = self.tasks.task("ingest-worker")

@@ -115,7 +115,7 @@ class ChromaStore:
     """:class:`VectorStore` on Chroma: embedded (a directory) or a Chroma server (a URL)."""
 
     def __init__(self, *, path: Path | None = None, url: str | None = None,
-                 prefix: str = "duet") -> None:
+                 prefix: str = "duet", token: str | None = None) -> None:
         settings = chromadb.Settings(anonymized_telemetry=False, allow_reset=False)
         self._path = path
         self._prefix = prefix
@@ -126,6 +126,8 @@ class ChromaStore:
                 self._client = chromadb.HttpClient(
                     host=parsed.hostname or "127.0.0.1", port=parsed.port or 8000,
                     ssl=parsed.scheme == "https", settings=settings,
+                    # a server behind a token gate (docker-compose.yml: DUET_CHROMA_TOKEN)
+                    headers={"Authorization": f"Bearer {token}"} if token else None,
                 )
             elif path is not None:
                 path.mkdir(parents=True, exist_ok=True)

@@ -225,9 +225,10 @@ class IngestWorker:
             for msg in msgs:
                 try:
                     await self._dispatch(msg)
-                except Exception:  # settling failed (connection lost): redelivery heals it
+                except Exception as exc:  # settling failed (connection lost): redelivery
+                    # heals it; one line, no stack (an outage fails every event in hand)
                     log.warning("could not settle an event; it will be redelivered",
-                                exc_info=True)
+                                extra={"reason": f"{type(exc).__name__}: {exc}"[:200]})
 
     async def _dispatch(self, msg: Msg) -> None:
         """Apply a small event now, hand a large one to the background lane."""

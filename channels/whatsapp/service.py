@@ -101,15 +101,22 @@ class WhatsAppService:
     async def _consume(self, js: JetStreamContext) -> None:
         sub = await js.pull_subscribe_bind(durable=CONSUMER, stream=INBOX_STREAM)
         assert self._group is not None
+        failing = False
         while True:
             try:
                 msgs = await sub.fetch(64, timeout=1.0)
             except (TimeoutError, FetchTimeoutError):
                 continue
-            except Exception:
-                log.exception("whatsapp inbox fetch failed")
+            except Exception as exc:  # NATS down: once per outage, not every second
+                if not failing:
+                    log.warning("whatsapp inbox fetch failed; retrying until it works",
+                                extra={"reason": f"{type(exc).__name__}: {exc}"[:200]})
+                failing = True
                 await asyncio.sleep(1.0)
                 continue
+            if failing:
+                failing = False
+                log.info("whatsapp inbox fetching again")
             for msg in msgs:
                 await self._slots.acquire()
                 self._group.create_task(self._handle(msg))
