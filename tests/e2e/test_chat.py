@@ -266,9 +266,14 @@ async def test_a_token_customer_resumes_by_token_and_nobody_else_does(gw: Gatewa
 
 
 async def test_prefetch_answers_a_scripted_follow_up_without_an_ack(gw: Gateway) -> None:
-    chat, _ = await connect(gw)
+    chat, opened = await connect(gw)
     await chat.ask("How do I factory reset the hub?")
-    await asyncio.sleep(1.0)  # the prefetch runs after the turn
+    # the prefetch runs as a task of the session after the turn: wait until it has ended
+    session = gw.state.chat.sessions.held(opened["session_id"])
+    for _ in range(600):
+        if not session._tasks:
+            break
+        await asyncio.sleep(0.05)
     events = await chat.ask("After the reset, how do I pair my bulbs again?")
     done = events[-1]
     assert done["prefetch_hit"] is True
