@@ -7,9 +7,11 @@ from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 
 from channels.whatsapp.store import WhatsAppStore
 from core.errors import DependencyError
+from core.natsd import EmbeddedNats, close_nats, connect
 from core.streams import ensure_kv, ensure_stream
 from ingest.events import DocumentEvent
 from ingest.publisher import publish_event
+from tests.faults import tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +63,30 @@ async def test_a_full_document_stream_refuses_new_events_clearly_and_keeps_the_o
     assert accepted > 0
     info = await js.stream_info("DOCS_SMALL")
     assert info.state.messages == accepted  # nothing accepted was dropped to make room
+
+
+async def test_limits_larger_than_the_store_are_shrunk_to_fit_and_everything_starts(
+        tmp_path) -> None:
+    # JetStream reserves each stream's byte limit against its store (75 % of the free disk):
+    # on a small disk the configured limits cannot all fit, and Duet still starts.
+    with tmpfs(tmp_path / "small", 64):
+        async with EmbeddedNats(tmp_path / "small" / "nats") as server:
+            nc = await connect(server.url, name="test")
+            try:
+                js = nc.jetstream()
+                info = await ensure_stream(js, StreamConfig(
+                    name="BIG", subjects=["big.>"], storage=StorageType.FILE,
+                    max_bytes=1 << 30, discard=DiscardPolicy.NEW))
+                assert 1 << 20 <= info.config.max_bytes < 48 << 20
+                kv = await ensure_kv(js, KeyValueConfig(bucket="ALSO_BIG", history=1,
+                                                        storage=StorageType.FILE,
+                                                        max_bytes=1 << 30))
+                await kv.put("k", b"v")
+                config = (await js.stream_info("KV_ALSO_BIG")).config
+                assert 1 << 20 <= config.max_bytes < 48 << 20
+                # opening again (a restart) still works and keeps a bounded limit
+                await ensure_kv(js, KeyValueConfig(bucket="ALSO_BIG", history=1,
+                                                   storage=StorageType.FILE, max_bytes=1 << 30))
+                assert (await js.stream_info("KV_ALSO_BIG")).config.max_bytes > 0
+            finally:
+                await close_nats(nc)
