@@ -43,6 +43,7 @@ from channels.voice.executor import NORMAL, URGENT
 from channels.voice.speech import ACK_OPENERS, QUICK_ACKS, Speech
 from channels.voice.stt import normalize_transcript
 from channels.voice.tts import SentenceSplitter
+from channels.voice.turns import reads_complete
 from channels.voice.vad import SAMPLE_RATE, Pause, SpeechStarted, TurnEnded
 from gateway.events import Delta, Done, ServerEvent
 from gateway.protocol import ProtocolError
@@ -54,6 +55,9 @@ log = logging.getLogger("duet.voice")
 
 FRAME_MS = 20
 AUDIO_QUEUE_FRAMES = 100  # ~2 s of 20 ms frames; a slower reader drops the oldest
+#: How long the topic of an acknowledgment waits for the answer before it is synthesized
+#: (the quick "Sure." before it lasts ~0.4 s, the synthesis ~0.1–0.2 s).
+ACK_GRACE_S = 0.12
 
 
 class CallOutput(Protocol):
@@ -91,9 +95,14 @@ class _TurnAudio:
     ended: bool = False
     #: The answer's text has arrived (a whole acknowledgment would only delay it).
     answer_ready: bool = False
+    #: Set with ``answer_ready``: the acknowledgment's topic waits on it before it is
+    #: synthesized (usually never: the answer comes a few milliseconds after the ack).
+    answer_event: asyncio.Event = field(default_factory=asyncio.Event)
     #: How the acknowledgment was said: "quick" ("Sure." and the answer was there),
     #: "full" (the router's words too, while the answer was awaited), or "".
     ack_spoken: str = ""
+    #: When the quick acknowledgment ends at the caller's ear (monotonic), if one was said.
+    quick_until: float | None = None
     splitter: SentenceSplitter = field(default_factory=SentenceSplitter)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -336,10 +345,15 @@ class Call:
             text = ""
         if utterance.withdrawn:
             return
-        if text and not utterance.ended and not text.rstrip().endswith((".", "?", "!")):
-            # Not a whole sentence yet: wait for the end of the turn (or the rest of it)
-            # rather than start a turn on a fragment.
-            await utterance.ended_event.wait()
+        if text and not utterance.ended:
+            if reads_complete(text):
+                # A whole sentence: the turn may end after a shorter silence.
+                self.detector.end_after(utterance.last_voiced,
+                                        self.settings.voice_quick_end_silence_ms)
+            else:
+                # Not a whole sentence yet: wait for the end of the turn (or the rest of
+                # it) rather than start a turn on a fragment.
+                await utterance.ended_event.wait()
         await self.output.send_event({"type": "transcript", "text": text, "final": True})
         if not normalize_transcript(text):
             return
@@ -388,14 +402,24 @@ class Call:
         if not (pending or playing):
             return
         self.stats.barge_ins += 1
-        heard = bool(self._spoken) and self._spoken_turn is turn
-        if not heard and self._utterance is not None and pending:
-            # Nothing of the reply was heard: the caller had only paused, and the new
-            # speech continues the same utterance.
-            self._carry = self._utterance.audio
+        utterance = self._utterance
+        if (turn is not None and not self._heard_reply(turn) and utterance is not None
+                and utterance.turn is turn):
+            # Nothing of the reply was heard but its quick "Sure.": the caller had only
+            # paused, and the new speech continues the same utterance.
+            self._carry = utterance.audio
         self._stop_audio()
         if pending:
             await self._cancel_quietly()
+
+    def _heard_reply(self, turn: _TurnAudio) -> bool:
+        """Whether the caller has heard anything of ``turn``'s reply beyond its quick
+        acknowledgment (speech is sent ahead of real time: sent is not yet heard)."""
+        if not self._spoken or self._spoken_turn is not turn:
+            return False
+        if turn.ack_spoken == "quick":
+            return turn.quick_until is not None and self.clock() > turn.quick_until
+        return True
 
     def _stop_audio(self) -> None:
         spoken = " ".join(self._spoken)
@@ -435,6 +459,7 @@ class Call:
             if turn is not None and "answer_text" not in turn.timings:
                 turn.mark("answer_text", self.clock)
                 turn.answer_ready = True
+                turn.answer_event.set()
             splitter = turn.splitter if turn is not None else SentenceSplitter()
             for sentence in splitter.push(event.text):
                 await self._say(sentence, turn, kind=event.source)
@@ -510,6 +535,7 @@ class Call:
             if audio is not None:
                 turn.ack_spoken = "quick"
                 await self._play(item, quick, audio)
+                turn.quick_until = self._origin + self._sent_s
             if turn.answer_ready or item.epoch != self._epoch:
                 return
         if turn.ack_spoken in ("", "full") or not turn.answer_ready:
@@ -560,10 +586,34 @@ class Call:
             if (item.kind == "ack" and turn is not None and turn.answer_ready
                     and turn.ack_spoken in ("", "quick")):
                 item.audio = b""  # the answer is there: this part will not be said
+            if item.audio is None and item.kind == "ack" and turn is not None:
+                item.audio = await self._synthesize_ack(item, turn)
             if item.audio is None:
                 item.audio = await self._synthesize(item.text, urgent=item.urgent)
             if item.epoch == self._epoch:
                 await self._audio_queue.put(item)
+
+    async def _synthesize_ack(self, item: _Speak, turn: _TurnAudio) -> bytes:
+        """The uncached part of an acknowledgment ("the returns policy for you."), only
+        while it may still be said: it is needed only if the answer is not there once the
+        quick "Sure." has played, and the answer's first words queue behind it in this
+        call (and, on a busy gateway, other callers' first words behind it on the TTS
+        threads). So wait a moment for the answer first, and drop the synthesis as soon
+        as the answer arrives."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(turn.answer_event.wait(), ACK_GRACE_S)
+        if turn.answer_ready:
+            return b""
+        synthesis = asyncio.ensure_future(self._synthesize(item.text, urgent=item.urgent))
+        answered = asyncio.ensure_future(turn.answer_event.wait())
+        try:
+            await asyncio.wait({synthesis, answered}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # The answer came first: a synthesis not started yet never starts.
+            for task in (synthesis, answered):
+                task.cancel()
+            await asyncio.gather(synthesis, answered, return_exceptions=True)
+        return synthesis.result() if not synthesis.cancelled() else b""
 
     async def _send_timings(self, turn: _TurnAudio) -> None:
         await self.output.send_event({"type": "voice_timings", "turn_id": turn.turn_id,

@@ -8,7 +8,9 @@ size, scores 32 ms windows, and reports what the call needs to know:
 - :class:`SpeechStarted` once ``min_speech_ms`` of speech is heard (barge-in);
 - :class:`Pause` when the caller has been silent ``pause_ms`` (a good moment to decode);
 - :class:`TurnEnded` after ``end_silence_ms`` of silence, with the utterance's audio
-  (a short pre-roll, the speech, a short tail) and where its last voiced sample was.
+  (a short pre-roll, the speech, a short tail) and where its last voiced sample was —
+  or sooner, after the silence given to :meth:`TurnDetector.end_after`, when the call
+  has judged the utterance up to that sample complete (and no speech came since).
 
 The detector is pure bookkeeping over probabilities, so it is unit-tested with any scorer.
 """
@@ -140,6 +142,8 @@ class TurnDetector:
         self._silent_run = 0
         self._last_voiced = 0
         self._paused = False
+        # (last voiced sample, silent windows): a shorter end for that utterance only.
+        self._early_end: tuple[int, int] | None = None
         self.probability = 0.0
 
     @property
@@ -164,12 +168,24 @@ class TurnDetector:
         self._pending = buf[n_windows * WINDOW:].copy()
         return events
 
+    def end_after(self, last_voiced: int, silence_ms: int) -> None:
+        """End the utterance whose last voiced sample is ``last_voiced`` after only
+        ``silence_ms`` of silence (at least the pause), if no speech comes first.
+
+        The call says this once the utterance's transcript reads as complete. Safe to
+        call from another thread than :meth:`push`'s: one tuple is replaced, and a
+        stale one (speech came since) never applies.
+        """
+        windows = max(self._pause_windows + 1, -(-silence_ms // WINDOW_MS))
+        self._early_end = (last_voiced, windows)
+
     def reset(self) -> None:
         """Forget the utterance in progress (the call's state is otherwise kept)."""
         self._utterance = []
         self.speaking = False
         self._voiced_run = self._silent_run = 0
         self._paused = False
+        self._early_end = None
 
     def _window(self, window: np.ndarray, p: float) -> list[VadEvent]:
         self.probability = p
@@ -201,7 +217,11 @@ class TurnDetector:
             self._paused = False
         else:
             self._silent_run += 1
-        if self._silent_run >= self._end_windows:
+        end_windows = self._end_windows
+        early = self._early_end
+        if early is not None and early[0] == self._last_voiced:
+            end_windows = min(end_windows, early[1])
+        if self._silent_run >= end_windows:
             events.append(self._end(truncated=False))
         elif self._silent_run >= self._pause_windows and not self._paused:
             self._paused = True
@@ -223,4 +243,5 @@ class TurnDetector:
         self._utterance = []
         self._voiced_run = self._silent_run = 0
         self._paused = False
+        self._early_end = None
         return event
