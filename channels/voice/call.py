@@ -87,7 +87,7 @@ class _TurnAudio:
     """The call's view of one submitted turn."""
 
     turn_id: str
-    #: Monotonic time of the last voiced sample of the utterance (the latency origin).
+    #: Monotonic time the sound of the utterance ended (the latency origin).
     speech_end: float
     #: Set when the turn may be heard (its end confirmed), or withdrawn.
     decided: asyncio.Event = field(default_factory=asyncio.Event)
@@ -259,9 +259,10 @@ class Call:
                 self._last_activity = self.clock()
                 self._maybe_interim()
 
-    def _speech_end_at(self, last_voiced: int) -> float:
-        """When the sample ``last_voiced`` reached us (the latency origin)."""
-        return self.clock() - (self.detector.samples_seen - last_voiced) / SAMPLE_RATE
+    def _speech_end_at(self, sample: int) -> float:
+        """When the caller's sample ``sample`` reached us (the latency origin: the end of
+        the speech's sound)."""
+        return self.clock() - (self.detector.samples_seen - sample) / SAMPLE_RATE
 
     async def _on_vad(self, event: SpeechStarted | Pause | TurnEnded) -> None:
         if isinstance(event, SpeechStarted):
@@ -269,12 +270,13 @@ class Call:
             self._last_interim_at = 0
             await self._barge_in()
         elif isinstance(event, Pause):
-            self._begin_utterance(event.audio, event.last_voiced)
+            self._begin_utterance(event.audio, event.last_voiced, event.last_sound)
         elif isinstance(event, TurnEnded):
             self.stats.utterances += 1
             utterance = self._utterance
             if utterance is None or utterance.last_voiced != event.last_voiced:
-                utterance = self._begin_utterance(event.audio, event.last_voiced)
+                utterance = self._begin_utterance(event.audio, event.last_voiced,
+                                                  event.last_sound)
             utterance.ended = True
             utterance.ended_event.set()
             self._carry = np.zeros(0, dtype=np.float32)
@@ -283,12 +285,13 @@ class Call:
                     (self.clock() - utterance.speech_end) * 1000, 1)
                 utterance.turn.decide(True)
 
-    def _begin_utterance(self, audio: np.ndarray, last_voiced: int) -> _Utterance:
+    def _begin_utterance(self, audio: np.ndarray, last_voiced: int,
+                         last_sound: int) -> _Utterance:
         if self._interim_task is not None:
             self._interim_task.cancel()
             self._interim_task = None
         self._withdraw()
-        utterance = _Utterance(last_voiced, self._speech_end_at(last_voiced),
+        utterance = _Utterance(last_voiced, self._speech_end_at(last_sound or last_voiced),
                                self._with_carry(audio))
         self._utterance = utterance
         assert self._group is not None

@@ -33,6 +33,7 @@ SAMPLE_RATE = 16000
 WINDOW = 512  # samples per Silero window at 16 kHz (32 ms)
 WINDOW_MS = WINDOW * 1000 // SAMPLE_RATE
 _CONTEXT = 64  # samples of the previous window the model sees again
+SOUND_LEVEL = 10 ** (-30 / 20)  # of the utterance's peak: still the sound of speech
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class Pause:
     audio: np.ndarray
     #: Sample index of the last voiced sample.
     last_voiced: int
+    #: Sample index of the last sample within 30 dB of the utterance's peak: where the
+    #: sound of the speech ended (the VAD's voiced windows run on past it).
+    last_sound: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class TurnEnded:
     last_voiced: int
     #: Whether the turn was cut at ``max_utterance_s`` rather than ended by silence.
     truncated: bool = False
+    #: As :attr:`Pause.last_sound`.
+    last_sound: int = 0
 
 
 VadEvent = SpeechStarted | Pause | TurnEnded
@@ -225,7 +231,9 @@ class TurnDetector:
             events.append(self._end(truncated=False))
         elif self._silent_run >= self._pause_windows and not self._paused:
             self._paused = True
-            events.append(Pause(audio=self._voiced_audio(), last_voiced=self._last_voiced))
+            audio = self._voiced_audio()
+            events.append(Pause(audio=audio, last_voiced=self._last_voiced,
+                                last_sound=self._last_sound(audio)))
         elif self.utterance_samples >= self._max_samples:
             events.append(self._end(truncated=True))
         return events
@@ -236,9 +244,21 @@ class TurnDetector:
         keep = self._last_voiced - self._utterance_start + self._tail
         return audio[: max(0, min(len(audio), keep))]
 
+    def _last_sound(self, audio: np.ndarray) -> int:
+        """The sample index where the utterance's sound ends: its last sample within
+        30 dB of its peak, at most the last voiced one. Silero keeps a fading word voiced
+        for 2–3 windows (70–110 ms on the test questions) after its sound is gone, so
+        latency counted from ``last_voiced`` would understate what the caller waits."""
+        voiced = audio[: max(0, self._last_voiced - self._utterance_start)]
+        if not len(voiced):
+            return self._last_voiced
+        loud = np.nonzero(np.abs(voiced) >= SOUND_LEVEL * float(np.abs(voiced).max()))[0]
+        return self._utterance_start + int(loud[-1]) + 1 if len(loud) else self._last_voiced
+
     def _end(self, *, truncated: bool) -> TurnEnded:
-        event = TurnEnded(audio=self._voiced_audio(), last_voiced=self._last_voiced,
-                          truncated=truncated)
+        audio = self._voiced_audio()
+        event = TurnEnded(audio=audio, last_voiced=self._last_voiced, truncated=truncated,
+                          last_sound=self._last_sound(audio))
         self.speaking = False
         self._utterance = []
         self._voiced_run = self._silent_run = 0
