@@ -181,6 +181,10 @@ class Call:
         self._started_speech: set[tuple[str, str]] = set()
         self._origin = 0.0  # when the speech being sent started, and how much was sent
         self._sent_s = 0.0
+        # When the audio given to the speaker ends at the caller's ear, and how much
+        # synthesized audio waits for the speaker (the deadline of the next synthesis).
+        self._line_until = 0.0
+        self._waiting_s = 0.0
         self._last_activity = clock()
         self._closed = asyncio.Event()
 
@@ -429,6 +433,7 @@ class Call:
         turn = self._spoken_turn or self._current
         self._epoch += 1
         self._drain_speak_queue()
+        self._line_until, self._waiting_s = self.clock(), 0.0
         was_playing = self._playing is not None
         self._playing = None
         self._spoken, self._spoken_turn = [], None
@@ -499,8 +504,13 @@ class Call:
                                    urgent))
 
     async def _synthesize(self, text: str, *, urgent: bool = False) -> bytes:
+        # A later sentence is needed when the audio the caller has yet to hear runs out:
+        # what plays now and what waits for the speaker.
+        deadline = None if urgent else (max(self.clock(), self._line_until)
+                                        + self._waiting_s)
         try:
-            return await self.speech.tts.synthesize(text, priority=URGENT if urgent else NORMAL)
+            return await self.speech.tts.synthesize(
+                text, priority=URGENT if urgent else NORMAL, deadline=deadline)
         except Exception:
             log.exception("synthesis failed", extra={"text": text[:80]})
             return b""
@@ -513,6 +523,7 @@ class Call:
     async def _speak(self) -> None:
         while True:
             item = await self._audio_queue.get()
+            self._waiting_s = 0.0
             if item.epoch != self._epoch:
                 continue
             turn = item.turn
@@ -561,6 +572,7 @@ class Call:
         now = self.clock()
         if now - self._origin > self._sent_s:  # the line went quiet: restart the clock
             self._origin, self._sent_s = now, 0.0
+        self._line_until = self._origin + self._sent_s + len(audio) / 2 / rate
         if turn is not None:
             first_answer = item.kind != "ack" and "answer_audio" not in turn.timings
             turn.mark("ack_audio" if item.kind == "ack" else "answer_audio", self.clock)
@@ -595,6 +607,7 @@ class Call:
                 item.audio = await self._synthesize(item.text, urgent=item.urgent)
             if item.epoch == self._epoch:
                 await self._audio_queue.put(item)
+                self._waiting_s = len(item.audio) / 2 / self.speech.tts.sample_rate
 
     async def _synthesize_ack(self, item: _Speak, turn: _TurnAudio) -> bytes:
         """The uncached part of an acknowledgment ("the returns policy for you."), only

@@ -3,8 +3,11 @@
 Speech work is not equally urgent: the first words of a reply (or a caller's final
 transcript) matter more than the fifth sentence of another caller's answer (or an
 interim transcript). :class:`PriorityExecutor` is a fixed set of threads taking jobs from
-one priority heap (lower runs first, FIFO within a priority); ``submit`` returns a
-``concurrent.futures.Future`` (``asyncio.wrap_future`` awaits it).
+one priority heap (lower runs first; within a priority, the earliest ``deadline`` —
+by default the time of submission, so first come, first served); ``submit`` returns a
+``concurrent.futures.Future`` (``asyncio.wrap_future`` awaits it). Calls give a later
+sentence the time its audio is needed (when what the caller is hearing runs out), so
+the sentence about to leave a gap goes before one that has seconds to spare.
 
 A priority queue alone cannot stop a job that has started: with every thread inside some
 caller's 300 ms sentence, another caller's first words wait for one to finish. So the
@@ -20,6 +23,7 @@ import concurrent.futures
 import heapq
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +38,7 @@ class PriorityExecutor:
     ``priority`` is run first."""
 
     def __init__(self, workers: int, name: str, *, urgent_lanes: int = 0) -> None:
-        self._jobs: list[tuple[int, int, Any]] = []
+        self._jobs: list[tuple[int, float, int, Any]] = []
         self._ready = threading.Condition()
         self._order = itertools.count()
         self._closed = False
@@ -47,15 +51,18 @@ class PriorityExecutor:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, fn: Callable[..., Any], *args: Any,
-               priority: int = NORMAL) -> concurrent.futures.Future[Any]:
-        """Run ``fn(*args)`` on a thread, before every job of a higher ``priority``."""
+    def submit(self, fn: Callable[..., Any], *args: Any, priority: int = NORMAL,
+               deadline: float | None = None) -> concurrent.futures.Future[Any]:
+        """Run ``fn(*args)`` on a thread, before every job of a higher ``priority`` and
+        every job of its priority with a later ``deadline`` (``time.monotonic()``
+        seconds; default: now)."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._ready:
             if self._closed:
                 future.cancel()
                 return future
-            heapq.heappush(self._jobs, (priority, next(self._order), (future, fn, args)))
+            due = time.monotonic() if deadline is None else deadline
+            heapq.heappush(self._jobs, (priority, due, next(self._order), (future, fn, args)))
             self._ready.notify_all()
         return future
 
@@ -65,7 +72,7 @@ class PriorityExecutor:
         with self._ready:
             while True:
                 if self._jobs and (most is None or self._jobs[0][0] <= most):
-                    return heapq.heappop(self._jobs)[2]
+                    return heapq.heappop(self._jobs)[3]
                 if self._closed:
                     return None
                 self._ready.wait()
@@ -86,5 +93,5 @@ class PriorityExecutor:
             self._closed = True
             jobs, self._jobs = self._jobs, []
             self._ready.notify_all()
-        for _, _, (future, _, _) in jobs:
+        for _, _, _, (future, _, _) in jobs:
             future.cancel()

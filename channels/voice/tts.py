@@ -118,14 +118,17 @@ class TextToSpeech:
         """The hook: blocking synthesis, one int16 array per sentence."""
         raise NotImplementedError
 
-    def stream(self, text: str, *, priority: int = NORMAL) -> SynthesisStream:
+    def stream(self, text: str, *, priority: int = NORMAL,
+               deadline: float | None = None) -> SynthesisStream:
         """The speech of ``text``, sentence by sentence, as ``pcm_s16le`` bytes
-        (``priority``: the first words of a reply go before later sentences)."""
-        return SynthesisStream(self, text, priority)
+        (``priority``: the first words of a reply go before later sentences;
+        ``deadline``: when the audio is needed, ``time.monotonic()`` seconds)."""
+        return SynthesisStream(self, text, priority, deadline)
 
-    async def synthesize(self, text: str, *, priority: int = NORMAL) -> bytes:
+    async def synthesize(self, text: str, *, priority: int = NORMAL,
+                         deadline: float | None = None) -> bytes:
         """The whole speech of ``text``."""
-        async with self.stream(text, priority=priority) as audio:
+        async with self.stream(text, priority=priority, deadline=deadline) as audio:
             return b"".join([chunk async for chunk in audio])
 
     def cached(self, text: str) -> bytes | None:
@@ -165,10 +168,12 @@ class SynthesisStream:
     for it; a synthesis error is raised to the consumer.
     """
 
-    def __init__(self, tts: TextToSpeech, text: str, priority: int = NORMAL) -> None:
+    def __init__(self, tts: TextToSpeech, text: str, priority: int = NORMAL,
+                 deadline: float | None = None) -> None:
         self._tts = tts
         self._text = text
         self._priority = priority
+        self._deadline = deadline
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._slots = threading.Semaphore(2)
         self._stopped = False
@@ -196,7 +201,8 @@ class SynthesisStream:
 
     async def __aenter__(self) -> SynthesisStream:
         self._loop = asyncio.get_running_loop()
-        self._future = self._tts._executor.submit(self._produce, priority=self._priority)
+        self._future = self._tts._executor.submit(self._produce, priority=self._priority,
+                                                  deadline=self._deadline)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -107,6 +108,17 @@ def test_the_lowest_priority_runs_first_and_shutdown_cancels_the_rest() -> None:
     for job in jobs:
         job.result(timeout=10)
     assert order == ["b", "a", "c"]
+    # Within a priority, the audio needed first is made first.
+    order.clear()
+    release.clear()
+    blocker = executor.submit(release.wait, 10)
+    now = time.monotonic()
+    jobs = [executor.submit(order.append, name, deadline=now + due)
+            for name, due in (("in 3 s", 3.0), ("in 1 s", 1.0), ("in 2 s", 2.0))]
+    release.set()
+    for job in [blocker, *jobs]:
+        job.result(timeout=10)
+    assert order == ["in 1 s", "in 2 s", "in 3 s"]
     release.clear()
     executor.submit(release.wait, 10)
     pending = executor.submit(order.append, "never")
