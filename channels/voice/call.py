@@ -185,6 +185,7 @@ class Call:
         # synthesized audio waits for the speaker (the deadline of the next synthesis).
         self._line_until = 0.0
         self._waiting_s = 0.0
+        self._synthesizing: _Speak | None = None
         self._last_activity = clock()
         self._closed = asyncio.Event()
 
@@ -404,8 +405,11 @@ class Call:
         self._withdraw()
         turn = self._current
         pending = turn is not None and not turn.ended and turn.confirmed
-        playing = (self._playing is not None or not self._speak_queue.empty()
-                   or not self._audio_queue.empty())
+        # Speech of the reply is on its way: being sent, synthesized, queued, or sent
+        # ahead of real time and still to be heard.
+        playing = (self._playing is not None or self._synthesizing is not None
+                   or not self._speak_queue.empty() or not self._audio_queue.empty()
+                   or self.clock() < self._line_until)
         if not (pending or playing):
             return
         self.stats.barge_ins += 1
@@ -601,10 +605,14 @@ class Call:
             if (item.kind == "ack" and turn is not None and turn.answer_ready
                     and turn.ack_spoken in ("", "quick")):
                 item.audio = b""  # the answer is there: this part will not be said
-            if item.audio is None and item.kind == "ack" and turn is not None:
-                item.audio = await self._synthesize_ack(item, turn)
-            if item.audio is None:
-                item.audio = await self._synthesize(item.text, urgent=item.urgent)
+            self._synthesizing = item
+            try:
+                if item.audio is None and item.kind == "ack" and turn is not None:
+                    item.audio = await self._synthesize_ack(item, turn)
+                if item.audio is None:
+                    item.audio = await self._synthesize(item.text, urgent=item.urgent)
+            finally:
+                self._synthesizing = None
             if item.epoch == self._epoch:
                 await self._audio_queue.put(item)
                 self._waiting_s = len(item.audio) / 2 / self.speech.tts.sample_rate
