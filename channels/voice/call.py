@@ -101,8 +101,11 @@ class _TurnAudio:
     #: How the acknowledgment was said: "quick" ("Sure." and the answer was there),
     #: "full" (the router's words too, while the answer was awaited), or "".
     ack_spoken: str = ""
-    #: When the quick acknowledgment ends at the caller's ear (monotonic), if one was said.
-    quick_until: float | None = None
+    #: When the reply's first words past the quick acknowledgment reach the caller's ear
+    #: (monotonic; speech is sent ahead of real time), once they are sent.
+    reply_at: float | None = None
+    #: Some speech of the reply was given to the speaker (or the quick acknowledgment).
+    queued: bool = False
     splitter: SentenceSplitter = field(default_factory=SentenceSplitter)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -128,6 +131,8 @@ class _Utterance:
     turn: _TurnAudio | None = None
     ended_event: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    #: Its settling task is still decoding (cancelling it then submits nothing).
+    decoding: bool = True
 
 
 @dataclass
@@ -288,7 +293,7 @@ class Call:
             if utterance.turn is not None:
                 utterance.turn.timings["end_of_turn"] = round(
                     (self.clock() - utterance.speech_end) * 1000, 1)
-                utterance.turn.decide(True)
+                await self._confirm(utterance.turn)
 
     def _begin_utterance(self, audio: np.ndarray, last_voiced: int,
                          last_sound: int) -> _Utterance:
@@ -304,14 +309,22 @@ class Call:
         return utterance
 
     def _withdraw(self) -> None:
-        """The caller spoke on before the turn ended: take back its early turn, unheard."""
+        """The caller spoke on before the turn could be heard: take back its early turn,
+        unheard. Before the end of the turn the detector is still collecting the
+        utterance; after it (the silence was long enough, but the transcript was still
+        being decoded or submitted) the new speech carries the utterance on."""
         utterance = self._utterance
-        if utterance is None or utterance.ended or utterance.withdrawn:
+        if utterance is None or utterance.withdrawn:
             return
+        if utterance.ended:
+            if utterance.turn is not None or utterance.task is None or utterance.task.done():
+                return  # its turn is confirmed: a barge-in's business
+            self._carry = utterance.audio
         utterance.withdrawn = True
+        utterance.ended_event.set()  # a fragment waiting for its end gives up
         self.stats.withdrawn += 1
-        if utterance.task is not None:
-            utterance.task.cancel()
+        if utterance.task is not None and utterance.decoding:
+            utterance.task.cancel()  # a decode not started never starts
         if utterance.turn is not None:
             utterance.turn.decide(False)
             assert self._group is not None
@@ -351,6 +364,7 @@ class Call:
         except Exception:
             log.exception("speech decode failed")
             text = ""
+        utterance.decoding = False
         if utterance.withdrawn:
             return
         if text and not utterance.ended:
@@ -362,6 +376,8 @@ class Call:
                 # Not a whole sentence yet: wait for the end of the turn (or the rest of
                 # it) rather than start a turn on a fragment.
                 await utterance.ended_event.wait()
+                if utterance.withdrawn:
+                    return
         await self.output.send_event({"type": "transcript", "text": text, "final": True})
         if not normalize_transcript(text):
             return
@@ -376,9 +392,17 @@ class Call:
         utterance.turn = turn
         if utterance.ended:
             turn.timings.setdefault("end_of_turn", turn.timings["final_transcript"])
-            turn.decide(True)
+            await self._confirm(turn)
         else:
             self.stats.early_turns += 1
+
+    async def _confirm(self, turn: _TurnAudio) -> None:
+        """The caller's turn is over: its reply may be heard. If nothing of the reply is
+        here yet, open it with the quick acknowledgment now, not when the router's
+        acknowledgment arrives (10–40 ms later)."""
+        turn.decide(True)
+        if not turn.queued:
+            await self._enqueue(_Speak(self._epoch, "", turn, b"", "ack"))
 
     async def _submit(self, text: str, speech_end: float) -> _TurnAudio | None:
         async with self._submit_lock:
@@ -426,11 +450,7 @@ class Call:
     def _heard_reply(self, turn: _TurnAudio) -> bool:
         """Whether the caller has heard anything of ``turn``'s reply beyond its quick
         acknowledgment (speech is sent ahead of real time: sent is not yet heard)."""
-        if not self._spoken or self._spoken_turn is not turn:
-            return False
-        if turn.ack_spoken == "quick":
-            return turn.quick_until is not None and self.clock() > turn.quick_until
-        return True
+        return turn.reply_at is not None and self.clock() >= turn.reply_at
 
     def _stop_audio(self) -> None:
         spoken = " ".join(self._spoken)
@@ -520,6 +540,8 @@ class Call:
             return b""
 
     async def _enqueue(self, item: _Speak) -> None:
+        if item.turn is not None:
+            item.turn.queued = True
         await self._speak_queue.put(item)
 
     # --- speak ---------------------------------------------------------------------------
@@ -552,15 +574,17 @@ class Call:
             audio = self.speech.tts.cached(quick)
             if audio is not None:
                 turn.ack_spoken = "quick"
-                await self._play(item, quick, audio)
-                turn.quick_until = self._origin + self._sent_s
+                await self._play(item, quick, audio, quick=True)
             if turn.answer_ready or item.epoch != self._epoch:
                 return
+        if not item.text:  # the quick acknowledgment alone, said at the end of the turn
+            return
         if turn.ack_spoken in ("", "full") or not turn.answer_ready:
             turn.ack_spoken = "full"
             await self._play(item, item.text, item.audio or b"")
 
-    async def _play(self, item: _Speak, text: str, audio: bytes) -> None:
+    async def _play(self, item: _Speak, text: str, audio: bytes, *,
+                    quick: bool = False) -> None:
         """Send ``audio`` in 20 ms frames, ``voice_playout_lead_ms`` ahead of real time;
         a barge-in (a new epoch) stops it at the next frame."""
         if not audio or item.epoch != self._epoch:
@@ -577,6 +601,8 @@ class Call:
         if now - self._origin > self._sent_s:  # the line went quiet: restart the clock
             self._origin, self._sent_s = now, 0.0
         self._line_until = self._origin + self._sent_s + len(audio) / 2 / rate
+        if turn is not None and not quick and turn.reply_at is None:
+            turn.reply_at = self._origin + self._sent_s
         if turn is not None:
             first_answer = item.kind != "ack" and "answer_audio" not in turn.timings
             turn.mark("ack_audio" if item.kind == "ack" else "answer_audio", self.clock)

@@ -275,3 +275,28 @@ async def test_a_fragment_waits_for_the_end_of_the_turn() -> None:
 class FragmentSTT(SpeechToText):
     def _transcribe(self, audio: np.ndarray) -> str:
         return "how do I"
+
+
+class SlowSTT(LengthSTT):
+    """A decode slower than the end-of-turn silence (a busy machine)."""
+
+    def _transcribe(self, audio: np.ndarray) -> str:
+        import time
+
+        time.sleep(0.6)
+        return super()._transcribe(audio)
+
+
+async def test_speaking_on_while_the_ended_turn_is_still_decoding_continues_it() -> None:
+    conversation = FakeConversation()
+    call, out, task = await _call(conversation)
+    call.speech.stt = SlowSTT()
+    await _feed(call, 0.6, loud=True)
+    await _feed(call, 0.35, loud=False)  # the turn ends by silence; its decode runs on
+    await _feed(call, 0.5, loud=True)  # the caller goes on before it is done
+    await _feed(call, 0.5, loud=False)
+    await _until(lambda: conversation.submitted)
+    await asyncio.sleep(0.8)  # a late first decode would submit by now
+    assert conversation.submitted == ["question of 11 tenths?"]
+    assert [e["text"] for e in out.of("transcript") if e["final"]] == ["question of 11 tenths?"]
+    await _end(call, task)
