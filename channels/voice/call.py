@@ -147,6 +147,8 @@ class _Speak:
     kind: str
     #: The first words of a reply: synthesized before other callers' later sentences.
     urgent: bool = False
+    #: The answer's first words, synthesized from the moment their text came.
+    early: asyncio.Task[bytes] | None = None
 
 
 class _HangUp(Exception):
@@ -470,7 +472,9 @@ class Call:
     def _drain_speak_queue(self) -> None:
         for queue in (self._speak_queue, self._audio_queue):
             while not queue.empty():
-                queue.get_nowait()
+                item = queue.get_nowait()
+                if item.early is not None:
+                    item.early.cancel()
 
     # --- render --------------------------------------------------------------------------
 
@@ -524,8 +528,13 @@ class Call:
         key = (turn.turn_id if turn is not None else "", "ack" if kind == "ack" else "answer")
         urgent = turn is None or key not in self._started_speech
         self._started_speech.add(key)
-        await self._enqueue(_Speak(self._epoch, text, turn, None if text else b"", kind,
-                                   urgent))
+        item = _Speak(self._epoch, text, turn, None if text else b"", kind, urgent)
+        if urgent and text and kind != "ack" and turn is not None:
+            # The answer's first words start now, not when the speaker gets to them
+            # (it may be saying "Sure." with acknowledgment pieces queued before them).
+            assert self._group is not None
+            item.early = self._group.create_task(self._synthesize(text, urgent=True))
+        await self._enqueue(item)
 
     async def _synthesize(self, text: str, *, urgent: bool = False) -> bytes:
         # A later sentence is needed when the audio the caller has yet to hear runs out:
@@ -626,6 +635,8 @@ class Call:
         while True:
             item = await self._speak_queue.get()
             if item.epoch != self._epoch:
+                if item.early is not None:
+                    item.early.cancel()
                 continue
             turn = item.turn
             if (item.kind == "ack" and turn is not None and turn.answer_ready
@@ -633,6 +644,8 @@ class Call:
                 item.audio = b""  # the answer is there: this part will not be said
             self._synthesizing = item
             try:
+                if item.audio is None and item.early is not None:
+                    item.audio = await item.early
                 if item.audio is None and item.kind == "ack" and turn is not None:
                     item.audio = await self._synthesize_ack(item, turn)
                 if item.audio is None:
