@@ -12,14 +12,16 @@ events and speech through. Inside, one ``TaskGroup`` holds three loops:
 - **speak**: synthesized speech sent in 20 ms frames, at most ``voice_playout_lead_ms``
   ahead of real time, so a barge-in stops it within one frame.
 
-Turn-taking. At the first short pause (``pause_ms`` of silence) the utterance up to its
-last voiced sample is decoded: if the caller stays quiet, that audio *is* the turn, so
-this transcript is final. When it reads as a whole sentence it is submitted as soon as
-it is ready — often before the end-of-turn silence has even passed — so the
-acknowledgment and the retrieval start early (a fragment waits for the end of the
-turn); nothing of that turn is spoken until the end of the turn is confirmed. If the
-caller speaks again first, the early turn is cancelled unheard and the new speech
-continues the same utterance.
+Turn-taking. At the first short pause (``voice_pause_ms`` of silence) the utterance up
+to its last voiced sample is decoded: if the caller stays quiet, that audio *is* the
+turn, so this transcript is final. When it reads as a whole sentence
+(:func:`~channels.voice.turns.reads_complete`) it is submitted as soon as it is ready,
+so the acknowledgment and the retrieval start early, and the turn may end after the
+shorter ``voice_quick_end_silence_ms``; a fragment waits for the full end-of-turn
+silence. Nothing of a turn is spoken until its end is confirmed; then a quick "Sure."
+opens the reply at once. If the caller speaks again before hearing anything past that
+"Sure." (an early turn not yet confirmed, an ended turn still being decoded, or a reply
+not yet heard), the turn is taken back and the new speech continues the same utterance.
 
 Barge-in. Speech from the caller while a reply is pending or playing stops the audio at
 the next frame, clears what the client buffered (``audio_clear``, with what was spoken),
