@@ -271,15 +271,16 @@ def _process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-#: The sample knowledge base's answers to the two questions (as the extractive answerer
-#: gives them), for the synthesis figures.
+#: Answers to the two questions from the sample knowledge base (sentences of
+#: configs/sample_kb/returns-policy.md and hub-reset.md), for the synthesis figures.
 ANSWERS = {
-    "q_return": "Opened items can be returned within 30 days as long as all parts are "
-                "present, including the power adapter. A restocking fee of 15 percent "
-                "applies to opened items.",
-    "q_hub_reset": "Press and hold the reset button on the back of the hub for 15 seconds, "
-                   "until the light blinks amber. Then wait about two minutes while the hub "
-                   "restarts.",
+    "q_return": "Opened items can also be returned as long as all parts are present, "
+                "including the power adapter, mounting hardware, quick-start guide and the "
+                "original box. A 10% restocking fee is deducted from the refund for opened "
+                "items that are not defective.",
+    "q_hub_reset": "Press and hold the reset button on the back with a paperclip for 15 "
+                   "seconds, until the LED flashes red 3 times, then release it. The factory "
+                   "reset takes about 5 minutes; do not unplug the hub during this time.",
 }
 
 
