@@ -34,6 +34,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -153,6 +154,8 @@ async def _one_turn(ws_url: str, pcm: bytes, rate: int, *,
                                             timeout_s=60, since=seen_events)
         except AssertionError:
             return {"error": "no reply"}
+        with contextlib.suppress(TimeoutError):  # the answer's first frame follows the event
+            await client.wait_audio(1, after=timings["_at"], timeout_s=10)
         audio = client.audio[seen_audio:]
         first_audio = audio[0][0] if audio else None
         heard = _heard_at(audio, timings["_at"])
