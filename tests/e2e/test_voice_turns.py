@@ -176,3 +176,36 @@ async def test_a_sentence_with_a_pause_in_the_middle_is_one_turn(
     for clear in out.of("audio_clear"):
         assert clear["spoken"].split(" ", 1)[0].rstrip(".") in ("Sure", "Right", "")
     await _hang_up(call, task)
+
+
+@pytest.mark.parametrize("name", ["jfk.flac", "OSR_us_000_0034_8k.wav"])
+async def test_the_shorter_end_cuts_a_real_recording_only_where_the_full_one_does(
+        speech: Speech, name: str) -> None:
+    """Recordings no one here made (a speech; telephone sentences), through the VAD with
+    the call's rule: at each pause the audio so far is decoded, and a transcript that
+    reads complete lets the turn end after the shorter silence. The turns are the ones
+    the full end-of-turn silence gives — no sentence is cut at a pause in its middle."""
+    from bench.voice_bench import _load
+    from channels.voice.turns import reads_complete
+    from channels.voice.vad import Pause
+
+    audio, _ = _load(name)
+    audio = np.concatenate([audio, np.zeros(RATE, np.float32)])
+    settings = speech.settings
+    ends: dict[bool, list[int]] = {}
+    judged_complete = 0
+    for early in (True, False):
+        detector = speech.detector()
+        ends[early] = []
+        for start in range(0, len(audio), FRAME):
+            for event in detector.push(audio[start:start + FRAME]):
+                if isinstance(event, TurnEnded):
+                    ends[early].append(event.last_voiced)
+                elif isinstance(event, Pause) and early:
+                    text = await speech.stt.transcribe(event.audio)
+                    if reads_complete(text):
+                        judged_complete += 1
+                        detector.end_after(event.last_voiced,
+                                           settings.voice_quick_end_silence_ms)
+    assert judged_complete  # the shorter end was in play
+    assert ends[True] and ends[True] == ends[False]
