@@ -84,7 +84,10 @@ async def test_a_spoken_question_is_heard_acknowledged_answered_and_spoken(gw: G
     assert spoken["ack_audio"] <= spoken["answer_audio"]
     # Speech came after the acknowledgment's text, and carries the answer too (> 3 s of it).
     await client.wait_audio(3 * 22050 * 2, after=ack["_at"])
-    assert client.audio[0][0] >= message["_at"]
+    # Before the turn exists, at most the quick "Sure." (said when the silence ends the
+    # turn while its transcript is still being decoded, on a busy machine).
+    early = sum(len(c) for at, c in client.audio if at < message["_at"])
+    assert early <= 0.6 * 22050 * 2
     await client.close()
 
 
