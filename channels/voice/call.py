@@ -404,6 +404,8 @@ class Call:
         utterance.turn = turn
         if utterance.pre_ack:  # "Sure." was said at the end of the turn, before this
             turn.ack_spoken, turn.queued = "quick", True
+            if self._spoken_turn is None and self._spoken:
+                self._spoken_turn = turn  # what the caller heard of this reply
             at = utterance.pre_ack_at or self.clock()
             for stage in ("ack_audio", "first_audio"):
                 turn.timings[stage] = round((at - turn.speech_end) * 1000, 1)
