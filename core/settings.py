@@ -311,6 +311,13 @@ class Settings(BaseSettings):
         64, ge=32, le=2000, description="Speech needed to start a turn or barge in.")
     voice_end_silence_ms: int = Field(
         250, ge=96, le=5000, description="Silence that ends the caller's turn.")
+    voice_pause_ms: int = Field(
+        64, ge=32, le=1000, description="Silence after which the utterance so far is "
+        "decoded: its final transcript if the caller stays quiet.")
+    voice_quick_end_silence_ms: int = Field(
+        160, ge=96, le=5000, description="Silence that ends the caller's turn when its "
+        "transcript (decoded at the first pause) reads as a whole sentence; at most "
+        "DUET_VOICE_END_SILENCE_MS.")
     voice_interim_ms: int = Field(
         500, ge=100, le=10000, description="Interim transcripts while the caller speaks, every.")
     voice_max_utterance_s: float = Field(

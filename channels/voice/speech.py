@@ -83,6 +83,7 @@ class Speech:
         s = self.settings
         return TurnDetector(self.vad.scorer(), threshold=s.voice_vad_threshold,
                             min_speech_ms=s.voice_min_speech_ms,
+                            pause_ms=s.voice_pause_ms,
                             end_silence_ms=s.voice_end_silence_ms,
                             max_utterance_s=s.voice_max_utterance_s)
 

@@ -46,9 +46,10 @@ def bundled_whisper_model() -> Path:
 class SpeechToText:
     """Transcribes 16 kHz float32 utterances on ``workers`` threads of its own."""
 
-    def __init__(self, *, workers: int = 1) -> None:
+    def __init__(self, *, workers: int = 1, urgent_lanes: int = 1) -> None:
         self.workers = workers
-        self._executor = PriorityExecutor(workers, "duet-stt")
+        # A final transcript never waits for an interim decode to finish.
+        self._executor = PriorityExecutor(workers, "duet-stt", urgent_lanes=urgent_lanes)
         self._busy = 0
 
     def _transcribe(self, audio: np.ndarray) -> str:
@@ -96,8 +97,8 @@ class WhisperSTT(SpeechToText):
 
     def __init__(self, model: str | Path | None = None, *, threads: int = 1, workers: int = 1,
                  compute_type: str = "int8", language: str = "en", short_window: bool = True,
-                 pad_s: float = 5.0) -> None:
-        super().__init__(workers=workers)
+                 pad_s: float = 5.0, urgent_lanes: int = 1) -> None:
+        super().__init__(workers=workers, urgent_lanes=urgent_lanes)
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
 
@@ -107,7 +108,9 @@ class WhisperSTT(SpeechToText):
             log.warning("loading a whisper model by name (needs a cache or the network)",
                         extra={"model": model})
         self._model = WhisperModel(str(where), device="cpu", compute_type=compute_type,
-                                   cpu_threads=threads, num_workers=workers,
+                                   # a replica per thread: CTranslate2 queues calls
+                                   # beyond its workers (the urgent lane's too)
+                                   cpu_threads=threads, num_workers=workers + urgent_lanes,
                                    local_files_only=True)
         self._language = language
         self.short_window = short_window

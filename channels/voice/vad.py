@@ -8,7 +8,9 @@ size, scores 32 ms windows, and reports what the call needs to know:
 - :class:`SpeechStarted` once ``min_speech_ms`` of speech is heard (barge-in);
 - :class:`Pause` when the caller has been silent ``pause_ms`` (a good moment to decode);
 - :class:`TurnEnded` after ``end_silence_ms`` of silence, with the utterance's audio
-  (a short pre-roll, the speech, a short tail) and where its last voiced sample was.
+  (a short pre-roll, the speech, a short tail) and where its last voiced sample was —
+  or sooner, after the silence given to :meth:`TurnDetector.end_after`, when the call
+  has judged the utterance up to that sample complete (and no speech came since).
 
 The detector is pure bookkeeping over probabilities, so it is unit-tested with any scorer.
 """
@@ -31,6 +33,7 @@ SAMPLE_RATE = 16000
 WINDOW = 512  # samples per Silero window at 16 kHz (32 ms)
 WINDOW_MS = WINDOW * 1000 // SAMPLE_RATE
 _CONTEXT = 64  # samples of the previous window the model sees again
+SOUND_LEVEL = 10 ** (-30 / 20)  # of the utterance's peak: still the sound of speech
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class Pause:
     audio: np.ndarray
     #: Sample index of the last voiced sample.
     last_voiced: int
+    #: Sample index of the last sample within 30 dB of the utterance's peak: where the
+    #: sound of the speech ended (the VAD's voiced windows run on past it).
+    last_sound: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class TurnEnded:
     last_voiced: int
     #: Whether the turn was cut at ``max_utterance_s`` rather than ended by silence.
     truncated: bool = False
+    #: As :attr:`Pause.last_sound`.
+    last_sound: int = 0
 
 
 VadEvent = SpeechStarted | Pause | TurnEnded
@@ -140,6 +148,8 @@ class TurnDetector:
         self._silent_run = 0
         self._last_voiced = 0
         self._paused = False
+        # (last voiced sample, silent windows): a shorter end for that utterance only.
+        self._early_end: tuple[int, int] | None = None
         self.probability = 0.0
 
     @property
@@ -164,12 +174,24 @@ class TurnDetector:
         self._pending = buf[n_windows * WINDOW:].copy()
         return events
 
+    def end_after(self, last_voiced: int, silence_ms: int) -> None:
+        """End the utterance whose last voiced sample is ``last_voiced`` after only
+        ``silence_ms`` of silence (at least the pause), if no speech comes first.
+
+        The call says this once the utterance's transcript reads as complete. Safe to
+        call from another thread than :meth:`push`'s: one tuple is replaced, and a
+        stale one (speech came since) never applies.
+        """
+        windows = max(self._pause_windows + 1, -(-silence_ms // WINDOW_MS))
+        self._early_end = (last_voiced, windows)
+
     def reset(self) -> None:
         """Forget the utterance in progress (the call's state is otherwise kept)."""
         self._utterance = []
         self.speaking = False
         self._voiced_run = self._silent_run = 0
         self._paused = False
+        self._early_end = None
 
     def _window(self, window: np.ndarray, p: float) -> list[VadEvent]:
         self.probability = p
@@ -201,11 +223,17 @@ class TurnDetector:
             self._paused = False
         else:
             self._silent_run += 1
-        if self._silent_run >= self._end_windows:
+        end_windows = self._end_windows
+        early = self._early_end
+        if early is not None and early[0] == self._last_voiced:
+            end_windows = min(end_windows, early[1])
+        if self._silent_run >= end_windows:
             events.append(self._end(truncated=False))
         elif self._silent_run >= self._pause_windows and not self._paused:
             self._paused = True
-            events.append(Pause(audio=self._voiced_audio(), last_voiced=self._last_voiced))
+            audio = self._voiced_audio()
+            events.append(Pause(audio=audio, last_voiced=self._last_voiced,
+                                last_sound=self._last_sound(audio)))
         elif self.utterance_samples >= self._max_samples:
             events.append(self._end(truncated=True))
         return events
@@ -216,11 +244,24 @@ class TurnDetector:
         keep = self._last_voiced - self._utterance_start + self._tail
         return audio[: max(0, min(len(audio), keep))]
 
+    def _last_sound(self, audio: np.ndarray) -> int:
+        """The sample index where the utterance's sound ends: its last sample within
+        30 dB of its peak, at most the last voiced one. Silero keeps a fading word voiced
+        for 2–3 windows (70–110 ms on the test questions) after its sound is gone, so
+        latency counted from ``last_voiced`` would understate what the caller waits."""
+        voiced = audio[: max(0, self._last_voiced - self._utterance_start)]
+        if not len(voiced):
+            return self._last_voiced
+        loud = np.nonzero(np.abs(voiced) >= SOUND_LEVEL * float(np.abs(voiced).max()))[0]
+        return self._utterance_start + int(loud[-1]) + 1 if len(loud) else self._last_voiced
+
     def _end(self, *, truncated: bool) -> TurnEnded:
-        event = TurnEnded(audio=self._voiced_audio(), last_voiced=self._last_voiced,
-                          truncated=truncated)
+        audio = self._voiced_audio()
+        event = TurnEnded(audio=audio, last_voiced=self._last_voiced, truncated=truncated,
+                          last_sound=self._last_sound(audio))
         self.speaking = False
         self._utterance = []
         self._voiced_run = self._silent_run = 0
         self._paused = False
+        self._early_end = None
         return event

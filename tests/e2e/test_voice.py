@@ -84,7 +84,10 @@ async def test_a_spoken_question_is_heard_acknowledged_answered_and_spoken(gw: G
     assert spoken["ack_audio"] <= spoken["answer_audio"]
     # Speech came after the acknowledgment's text, and carries the answer too (> 3 s of it).
     await client.wait_audio(3 * 22050 * 2, after=ack["_at"])
-    assert client.audio[0][0] >= message["_at"]
+    # Before the turn exists, at most the quick "Sure." (said when the silence ends the
+    # turn while its transcript is still being decoded, on a busy machine).
+    early = sum(len(c) for at, c in client.audio if at < message["_at"])
+    assert early <= 0.6 * 22050 * 2
     await client.close()
 
 
@@ -105,8 +108,10 @@ async def test_speech_over_the_reply_stops_its_audio_and_cancels_the_turn(gw: Ga
     await barge
     nxt = await client.wait_for(lambda e: e["type"] == "user_message"
                                 and e["turn_id"] != done_first["turn_id"])
-    # Between the stop and the next turn, at most one frame in flight arrived.
-    late = sum(len(c) for at, c in client.audio if clear["_at"] <= at < nxt["_at"])
+    # In the second after the stop (the caller is still speaking: the next turn, and its
+    # quick "Sure.", cannot start before the clip's ~2 s of speech end), at most one
+    # frame in flight arrived.
+    late = sum(len(c) for at, c in client.audio if clear["_at"] <= at < clear["_at"] + 1.0)
     assert late <= 2 * 882
     assert "reset" in nxt["text"].lower()
     await client.wait_type("done", turn_id=nxt["turn_id"])

@@ -275,3 +275,45 @@ async def test_a_fragment_waits_for_the_end_of_the_turn() -> None:
 class FragmentSTT(SpeechToText):
     def _transcribe(self, audio: np.ndarray) -> str:
         return "how do I"
+
+
+class SlowSTT(LengthSTT):
+    """A decode slower than the end-of-turn silence (a busy machine)."""
+
+    def _transcribe(self, audio: np.ndarray) -> str:
+        import time
+
+        time.sleep(0.6)
+        return super()._transcribe(audio)
+
+
+async def test_speaking_on_while_the_ended_turn_is_still_decoding_continues_it() -> None:
+    conversation = FakeConversation()
+    call, out, task = await _call(conversation)
+    call.speech.stt = SlowSTT()
+    await _feed(call, 0.6, loud=True)
+    await _feed(call, 0.35, loud=False)  # the turn ends by silence; its decode runs on
+    await _feed(call, 0.5, loud=True)  # the caller goes on before it is done
+    await _feed(call, 0.5, loud=False)
+    await _until(lambda: conversation.submitted)
+    await asyncio.sleep(0.8)  # a late first decode would submit by now
+    assert conversation.submitted == ["question of 11 tenths?"]
+    assert [e["text"] for e in out.of("transcript") if e["final"]] == ["question of 11 tenths?"]
+    await _end(call, task)
+
+
+async def test_a_slow_decode_does_not_hold_back_the_quick_acknowledgment() -> None:
+    conversation = FakeConversation()
+    call, out, task = await _call(conversation)
+    call.speech.stt = SlowSTT()
+    await _feed(call, 0.6, loud=True)
+    await _feed(call, 0.5, loud=False)  # the turn ends by silence while its decode runs
+    await _until(lambda: out.of("voice_timings"))
+    final = next(i for i, e in enumerate(out.events) if e["type"] == "transcript")
+    assert out.audio and out.audio[0][0] <= final  # "Sure." went out before the transcript
+    timings = out.of("voice_timings")[0]
+    stages = timings["ms_after_speech_end"]
+    assert timings["acknowledgment"] == "quick"
+    assert stages["first_audio"] < stages["final_transcript"] <= stages["answer_audio"]
+    assert conversation.submitted == ["question of 6 tenths?"]
+    await _end(call, task)

@@ -109,10 +109,31 @@ def test_sentences_are_cut_as_soon_as_they_are_complete() -> None:
 
 def test_a_long_first_sentence_is_spoken_from_its_first_clause() -> None:
     splitter = SentenceSplitter()
+    assert splitter.push(" If the hub does not come back online, restart it and wait. "
+                         "Then more, and more. ") == [
+        "If the hub does not come back online,", "restart it and wait.", "Then more, and more."]
+
+
+def test_a_long_first_sentence_without_a_comma_is_cut_before_a_phrase() -> None:
+    splitter = SentenceSplitter()
     assert splitter.push(" Opened items can be returned as long as all parts are present, "
                          "including the power adapter, and the box. Then more, and more. ") == [
-        "Opened items can be returned as long as all parts are present,",
-        "including the power adapter, and the box.", "Then more, and more."]
+        "Opened items can be returned",
+        "as long as all parts are present, including the power adapter, and the box.",
+        "Then more, and more."]
+    # Streamed word by word, the cut waits until the first piece is known to be long...
+    splitter, pieces = SentenceSplitter(), []
+    words = "Press and hold the reset button on the back of the hub for 15 seconds."
+    for word in words.split(" "):
+        pieces += splitter.push(word + " ")
+    assert pieces == ["Press and hold the reset button",
+                      "on the back of the hub for 15 seconds."]
+    # ... and a short first sentence is never cut.
+    splitter, pieces = SentenceSplitter(), []
+    words = "Your order ships in two days. Thanks for waiting on us."
+    for word in words.split(" "):
+        pieces += splitter.push(word + " ")
+    assert pieces == ["Your order ships in two days.", "Thanks for waiting on us."]
 
 
 def test_decoding_loops_are_cut_and_transcripts_compare_by_words() -> None:
