@@ -94,10 +94,17 @@ def make_kb(chroma_store: ChromaStore, embedder: OnnxEmbedder):
 
 
 def make_settings(tmp_path: Path, nats_url: str | None = None, **overrides) -> Settings:
-    """Settings for a test: everything under tmp_path, no sample KB, quick aging off."""
+    """Settings for a test: everything under tmp_path, no sample KB, quick aging off.
+
+    Every client of a test comes from 127.0.0.1, so the per-address rates (a clock-driven
+    limit that a slow or fast machine would hit at different tests) are lifted unless the
+    test sets them; tests/integration/test_limits.py does.
+    """
     values = {
         "data_dir": tmp_path / "data", "nats_url": nats_url, "load_sample_kb": False,
         "port": 0, "aging_interval_s": 3600.0, "collection_prefix": f"t{abs(hash(tmp_path)) % 10**8}",
+        "session_open_burst": 100_000, "session_open_rate_per_s": 100_000,
+        "address_message_burst": 100_000, "address_message_rate_per_s": 100_000,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
