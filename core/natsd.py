@@ -295,15 +295,8 @@ class EmbeddedNats:
         """Stop the server (SIGTERM, then SIGKILL) and its supervision."""
         if self._supervisor is not None:
             self._supervisor.cancel()  # not awaited here: close() does when it can
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        self._terminate()
+        self._proc = None
 
     async def __aenter__(self) -> EmbeddedNats:
         await self.start()

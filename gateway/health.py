@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
 from core.metrics import Metrics
 from core.natsd import EmbeddedNats, redact_url
 from core.settings import Settings
+from core.streams import ensure_kv
 from ingest.runtime import KnowledgeRuntime
 from ingest.store import Tier
 
@@ -252,13 +252,10 @@ class HealthProber:
             assert nc is not None
             js = nc.jetstream(timeout=self.settings.health_timeout_s)
             bucket = self.settings.health_probe_bucket
-            try:
-                self._kv = await js.key_value(bucket)
-            except BucketNotFoundError:
-                # file storage: the probe must fail when the disk cannot take a write
-                self._kv = await js.create_key_value(config=KeyValueConfig(
-                    bucket=bucket, history=1, storage=StorageType.FILE, max_bytes=64 * 1024,
-                    max_value_size=1024, ttl=300.0))
+            # file storage: the probe must fail when the disk cannot take a write
+            self._kv = await ensure_kv(js, KeyValueConfig(
+                bucket=bucket, history=1, storage=StorageType.FILE, max_bytes=64 * 1024,
+                max_value_size=1024, ttl=300.0))
         return self._kv
 
     async def _probe_chroma(self) -> Check:
