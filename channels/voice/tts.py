@@ -35,10 +35,20 @@ log = logging.getLogger("duet.voice")
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])[\"')\]]*\s+")
 _CLAUSE_END = re.compile(r"(?<=[,;:])\s+")
 # Where a long first sentence can be cut without a comma: before a word that opens a
-# phrase of its own (a conjunction, or a preposition that starts a longer phrase).
+# phrase of its own (a conjunction, a preposition that starts a longer phrase, or the verb
+# after a long subject: "A 10% restocking fee | is deducted from the refund").
 _PHRASE_START = re.compile(
     r"\s+(?=(?:and|but|or|so|because|as|if|when|while|until|unless|which|then|including|"
-    r"after|before|for|on|in|with|by)\s)", re.IGNORECASE)
+    r"after|before|for|on|in|with|by|from|at|within|without|during|through|via|except|since|"
+    r"once|where|although|though|is|are|was|were|will|can|cannot|may|must|should|would|"
+    r"could|has|have|takes|needs)\s)", re.IGNORECASE)
+# Words a spoken piece should not end on (the listener waits for what they announce).
+_WEAK_END = frozenset({
+    "a", "an", "the", "of", "to", "from", "in", "on", "at", "by", "for", "with", "and",
+    "or", "but", "nor", "is", "are", "was", "were", "be", "been", "will", "can", "your",
+    "our", "my", "their", "its", "his", "her", "this", "that", "these", "those", "not",
+    "no", "any", "some", "each", "every", "all", "per", "as", "than", "into", "about",
+    "up"})
 
 
 class SentenceSplitter:
@@ -47,10 +57,10 @@ class SentenceSplitter:
     The first piece is cut short at a clause (a comma after ``first_clause_chars``), so
     the first audio of a long first sentence does not wait for all of it; with no comma
     in its first ``first_piece_chars``, before a word that opens a phrase ("Opened items
-    can be returned | as long as all parts are present, ..."). The first piece's
-    synthesis is what the caller waits for (Piper takes ~0.1 s of CPU per second of
-    speech, and a busy gateway has ten of them to make at once); the rest is
-    synthesized while it plays.
+    can be returned | as long as all parts are present, ..."), or else after the last
+    word there that can end a piece. The first piece's synthesis is what the caller waits
+    for (Piper takes ~0.1 s of CPU per second of speech, and a busy gateway has ten of
+    them to make at once); the rest is synthesized while it plays.
     """
 
     def __init__(self, min_chars: int = 12, first_clause_chars: int = 24,
@@ -82,6 +92,8 @@ class SentenceSplitter:
                                               longest)
                 if phrase is not None:
                     cut = phrase.end()
+                else:  # no phrase opens there: the last word that can end a piece
+                    cut = self._word_cut(lead + self._first_phrase_chars, longest)
             if cut is not None:
                 out.append(self._buffer[:cut].strip())
                 self._buffer = self._buffer[cut:]
@@ -94,6 +106,19 @@ class SentenceSplitter:
         self._buffer = self._buffer[start:]
         self._emitted += len(out)
         return out
+
+    def _word_cut(self, start: int, end: int) -> int | None:
+        """The end of the whitespace after the last word in ``[start, end)`` that a piece
+        can end on (not a function word, not a number that names what follows)."""
+        best = None
+        for space in re.finditer(r"\s+", self._buffer[:end + 1]):
+            if space.start() < start:
+                continue
+            word = self._buffer[:space.start()].rsplit(None, 1)[-1]
+            if (word.lower().strip("\"'()") not in _WEAK_END
+                    and not any(ch.isdigit() for ch in word)):
+                best = space.end()
+        return best
 
     def flush(self) -> str:
         """What is left (the last, unterminated sentence)."""

@@ -136,6 +136,26 @@ def test_a_long_first_sentence_without_a_comma_is_cut_before_a_phrase() -> None:
     assert pieces == ["Your order ships in two days.", "Thanks for waiting on us."]
 
 
+def test_a_long_first_sentence_is_cut_before_its_verb_or_after_a_word_that_ends_a_piece(
+        ) -> None:
+    splitter = SentenceSplitter()
+    assert splitter.push(" No, a 10% restocking fee is deducted from the refund of opened "
+                         "items. Then more, and more. ") == [
+        "No, a 10% restocking fee", "is deducted from the refund of opened items.",
+        "Then more, and more."]
+    # No phrase opens in the first piece's length: it ends on a word that can end it
+    # (not "our", not a number that names what follows).
+    splitter = SentenceSplitter()
+    assert splitter.push("Customers everywhere appreciate our wonderful multilingual "
+                         "documentation portal today. ") == [
+        "Customers everywhere appreciate", "our wonderful multilingual documentation "
+        "portal today."]
+    splitter = SentenceSplitter()
+    assert splitter.push("Premium members receive 2 complimentary 5 litre refills "
+                         "monthly. ") == [
+        "Premium members receive 2 complimentary", "5 litre refills monthly."]
+
+
 def test_decoding_loops_are_cut_and_transcripts_compare_by_words() -> None:
     assert drop_repeats([1, 2, 3, 1, 2, 3, 1]) == [1, 2, 3]
     assert drop_repeats([1, 2, 3, 4]) == [1, 2, 3, 4]
