@@ -26,14 +26,14 @@ def _settings():
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.app import create_app, server_options
 
     settings = _settings()
     if args.port is not None:
         settings.port = args.port
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, ws="websockets-sansio",
-                log_level=settings.log_level.lower(), lifespan="on")
+    uvicorn.run(app, host=settings.host, port=settings.port,
+                log_level=settings.log_level.lower(), **server_options(settings))
     return 0
 
 

@@ -157,6 +157,10 @@ class Settings(BaseSettings):
     embedding_max_tokens: int = Field(256, ge=16, le=8192, description="Tokens kept per text.")
 
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest HTTP body accepted.")
+    ws_max_bytes: int = Field(
+        1024 * 1024, ge=128 * 1024, description="Largest websocket message a client may send; "
+        "a larger one closes the socket with 1009 before it is read (a voice frame over "
+        "96,000 bytes, under this, still gets its `invalid_audio` error).")
 
     llm_base_url: OptionalStr = Field(None, description="OpenAI-compatible endpoint for answers.")
     llm_model: str = Field("default", description="Model name sent to that endpoint.")

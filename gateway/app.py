@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -35,7 +36,7 @@ from ingest.loader import events_from_directory
 from ingest.publisher import publish_event
 from ingest.runtime import KnowledgeRuntime
 
-__all__ = ["SAMPLE_KB_DIR", "create_app"]
+__all__ = ["SAMPLE_KB_DIR", "create_app", "server_options"]
 
 log = logging.getLogger("duet.gateway")
 
@@ -49,6 +50,13 @@ async def _load_sample_kb(runtime: KnowledgeRuntime) -> None:
         await publish_event(runtime.nc, event, event_id=f"sample-{event.doc_id}-v{event.version}")
         count += 1
     log.info("sample knowledge base published", extra={"documents": count})
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn serves the gateway (``uvicorn.Config(app, **server_options(settings))``):
+    the websocket implementation, the largest client message, the lifespan."""
+    return {"ws": "websockets-sansio", "ws_max_size": settings.ws_max_bytes,
+            "lifespan": "on"}
 
 
 def create_app(settings: Settings, *, metrics: Metrics | None = None,

@@ -139,11 +139,11 @@ async def run_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     """Serve ``create_app(settings)`` with uvicorn on a free loopback port."""
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.app import create_app, server_options
 
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, ws="websockets-sansio",
-                            log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                            **server_options(settings))
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

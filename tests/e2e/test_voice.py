@@ -162,6 +162,18 @@ async def test_bad_frames_get_an_error_and_the_call_goes_on(gw: Gateway, frame: 
     await client.close()
 
 
+async def test_a_message_over_the_socket_limit_closes_it_with_1009(gw: Gateway) -> None:
+    client = await _open(gw)
+    await client.ws.send(b"\x00" * (gw.settings.ws_max_bytes + 1))
+    await asyncio.wait_for(client._reader, 10)
+    assert client.ws.close_code == 1009
+    # The gateway goes on: the next caller is served.
+    client = await _open(gw)
+    await client.send(type="message", text="How do I factory reset the hub?")
+    assert (await client.wait_type("done"))["citations"][0]["doc_id"] == "hub-reset"
+    await client.close()
+
+
 async def test_odd_frame_sizes_and_audio_before_hello_are_fine(gw: Gateway) -> None:
     client = await VoiceClient.connect(gw.ws_url, send_hello=False)
     ws = client.ws

@@ -97,13 +97,13 @@ class Site:
 
 @contextlib.asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[tuple[str, Any, WhatsAppChannel]]:
-    from gateway.app import create_app
+    from gateway.app import create_app, server_options
 
     channels = load_channels(settings)
     whatsapp = next(c for c in channels if isinstance(c, WhatsAppChannel))
     app = create_app(settings, channels=channels)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="on"))
+                                           **server_options(settings)))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -392,11 +392,11 @@ async def serve_on(settings: Settings, host: str) -> AsyncIterator[tuple[Any, in
     """The gateway on ``host`` (run_gateway binds loopback only)."""
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.app import create_app, server_options
 
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, ws="websockets-sansio",
-                                           log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning",
+                                           **server_options(settings)))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
