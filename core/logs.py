@@ -50,15 +50,38 @@ class RedactTokens(logging.Filter):
         return True
 
 
+#: What the HTTP server logs as an error with a stack for a client's bad input.
+_CLIENT_FAULTS = {"Invalid UTF-8 sequence received from client.":
+                  "a websocket text frame that is not valid UTF-8: closed with 1007"}
+
+
+class ClientFaultsAsInfo(logging.Filter):
+    """The HTTP server logs a client's invalid UTF-8 text frame as an ERROR with a stack
+    trace (and closes the socket with 1007, as it should): a client's fault is one INFO
+    line, not an error an operator is paged for, and a flood of them no flood of stacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        line = _CLIENT_FAULTS.get(record.msg) if isinstance(record.msg, str) else None
+        if line is not None:
+            record.msg, record.args = line, ()
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        return True
+
+
 @contextlib.contextmanager
 def redacted_server_logs() -> Iterator[None]:
-    """While the gateway runs, no server log line shows a token from a URL."""
-    redact = RedactTokens()
+    """While the gateway runs, no server log line shows a token from a URL, and a client's
+    bad frame is no error with a stack."""
+    filters = [RedactTokens(), ClientFaultsAsInfo()]
     loggers = [logging.getLogger(name) for name in ("uvicorn.error", "uvicorn.access")]
     for logger in loggers:
-        logger.addFilter(redact)
+        for f in filters:
+            logger.addFilter(f)
     try:
         yield
     finally:
         for logger in loggers:
-            logger.removeFilter(redact)
+            for f in filters:
+                logger.removeFilter(f)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -508,3 +509,17 @@ async def test_disconnect_mid_turn_then_resume_gets_the_rest(
     full = "".join(e["text"] for e in deltas(got + rest))
     assert rest[-1]["text"] == full and STEPS[-1] in full
     await again.ws.close()
+
+
+async def test_a_text_frame_that_is_not_utf8_closes_with_1007_and_logs_no_error(
+        gw: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    ws = await websockets.connect(f"{gw.ws_url}/v1/chat")
+    await ws.send(b"\xff\xfe not text", text=True)  # the client does not check: the server must
+    with pytest.raises(websockets.ConnectionClosed):
+        while True:
+            await ws.recv()
+    assert ws.close_code == 1007
+    said = [r for r in caplog.records if r.name == "uvicorn.error" and "UTF-8" in r.getMessage()]
+    assert said and all(r.levelno == logging.INFO and r.exc_info is None for r in said)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
