@@ -66,8 +66,11 @@ async def _wait_sample_kb(gw: Gateway) -> None:
 async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
     tmp = tmp_path_factory.mktemp("chat")
     async with EmbeddedNats(tmp / "nats") as server:
+        # A ready acknowledgment waits for the search to start, or for a prefetch hit's
+        # answer, however busy the machine (the default 0.1 s is a latency choice).
         settings = make_settings(tmp, server.url, load_sample_kb=True, chat_rate_burst=8,
-                                 chat_rate_per_s=2.0, customer_token_secret=SECRET)
+                                 chat_rate_per_s=2.0, customer_token_secret=SECRET,
+                                 ack_hold_s=10.0)
         async with run_gateway(settings) as gateway:
             await _wait_sample_kb(gateway)
             yield gateway
