@@ -8,7 +8,9 @@ to clear. :func:`dependency_fault` tells them apart by walking the exception's c
 
 * ``OSError`` with ``ENOSPC``, ``EDQUOT``, ``EROFS``, ``EACCES``, ``EPERM`` or ``EIO``;
 * connection and timeout errors (the builtin ones, and any named ``*Timeout*`` or
-  ``*Connect*``, as httpx and nats-py name theirs);
+  ``*Connect*``, as httpx and nats-py name theirs), and nats-py's errors of a server that
+  is gone or restarting (no responders, JetStream unavailable, unexpected EOF, outbound
+  buffer full);
 * our own :class:`~core.errors.DependencyError`;
 * a message that names the condition, whatever the type: Chroma's embedded SQLite says
   "attempt to write a readonly database" or "database or disk is full" in its own error
@@ -36,7 +38,8 @@ _MESSAGES = re.compile(
     r"|could not connect|timed out|no servers available",
     re.IGNORECASE,
 )
-_NAMES = re.compile(r"Timeout|Connect|NoServers", re.IGNORECASE)
+_NAMES = re.compile(r"Timeout|Connect|NoServers|NoResponders|ServiceUnavailable|"
+                    r"UnexpectedEOF|OutboundBufferLimit", re.IGNORECASE)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

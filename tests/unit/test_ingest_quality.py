@@ -8,6 +8,8 @@ import json
 import sqlite3
 from pathlib import Path
 
+import nats.errors
+import nats.js.errors
 import pytest
 
 from core.errors import DependencyError
@@ -91,6 +93,11 @@ def test_a_repetitive_section_of_a_real_document_is_dropped_not_the_document() -
     (ConnectionError("chroma unavailable"), "unreachable (ConnectionError)"),
     (TimeoutError(), "unreachable (TimeoutError)"),
     (DependencyError("the registry is down"), "the registry is down"),
+    (nats.errors.ConnectionClosedError(), "connection closed"),
+    (nats.errors.NoRespondersError(), "unreachable (NoRespondersError)"),
+    (nats.js.errors.ServiceUnavailableError(), "unreachable (ServiceUnavailableError)"),
+    (nats.errors.UnexpectedEOF(), "unreachable (UnexpectedEOF)"),
+    (nats.errors.OutboundBufferLimitError(), "unreachable (OutboundBufferLimitError)"),
 ])
 def test_dependency_faults_are_recognised(exc: BaseException, fault: str) -> None:
     assert dependency_fault(exc) == fault
