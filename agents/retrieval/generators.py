@@ -25,6 +25,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -144,6 +145,7 @@ class ExtractiveGenerator:
         self._cache: OrderedDict[str, tuple[list[str], np.ndarray]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._inflight: dict[str, Future[tuple[list[str], np.ndarray]]] = {}
 
     async def stream(self, question: str, hits: Sequence[Hit], *,
                      as_of: datetime | None = None) -> AsyncIterator[str]:
@@ -270,19 +272,37 @@ class ExtractiveGenerator:
         """A chunk's sentences and their vectors, cached by chunk id (ids hash the text).
 
         Blocking: embeds the chunk's sentences on a cache miss. The passage re-ranker
-        reads the same cache, so what it embedded the answer does not embed again.
+        reads the same cache, so what it embedded the answer does not embed again; turns
+        that miss on one chunk at once (a busy gateway answering the same article) share
+        one embedding: the others wait for it.
         """
         with self._lock:
             cached = self._cache.get(hit.chunk_id)
             if cached is not None:
                 self._cache.move_to_end(hit.chunk_id)
                 return cached
-        sentences = [s for s in split_sentences(hit.text) if len(s.split()) >= 3]
-        vectors = self._model.embed(sentences) if sentences else np.zeros((0, 1), np.float32)
-        with self._lock:
+            pending = self._inflight.get(hit.chunk_id)
+            owner = pending is None
+            if owner:
+                pending = self._inflight[hit.chunk_id] = Future()
+        assert pending is not None
+        if not owner:
+            return pending.result()
+        try:
+            sentences = [s for s in split_sentences(hit.text) if len(s.split()) >= 3]
+            vectors = (self._model.embed(sentences) if sentences
+                       else np.zeros((0, 1), np.float32))
+        except BaseException as exc:
+            with self._lock:
+                self._inflight.pop(hit.chunk_id, None)
+            pending.set_exception(exc)
+            raise
+        with self._lock:  # cached before it stops being in flight: no gap to miss in
             self._cache[hit.chunk_id] = (sentences, vectors)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
+            self._inflight.pop(hit.chunk_id, None)
+        pending.set_result((sentences, vectors))
         return sentences, vectors
 
     @staticmethod

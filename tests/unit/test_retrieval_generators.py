@@ -114,3 +114,29 @@ def test_an_unbound_generator_adopts_an_embedder(embedder: OnnxEmbedder) -> None
     assert bound.bound and bound.max_sentences == 3
     assert bound.bind(embedder) is bound
     assert bound.select("How long does a factory reset take?", HITS)
+
+
+def test_turns_missing_on_one_chunk_at_once_share_one_embedding(embedder: OnnxEmbedder) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    class Slow(CountingEmbedder):
+        def embed(self, texts: list[str]) -> np.ndarray:
+            time.sleep(0.3)  # a slow inference: the other threads arrive while it runs
+            return super().embed(texts)
+
+    model = Slow(embedder)
+    generator = ExtractiveGenerator(model)  # type: ignore[arg-type]
+    barrier = threading.Barrier(4)
+
+    def read(_: int) -> tuple[list[str], np.ndarray]:
+        barrier.wait()
+        return generator.sentences(HITS[0])
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(read, range(4)))
+    assert model.batches == 1
+    assert all(r[0] == results[0][0] and r[1] is results[0][1] for r in results)
+    assert generator.sentences(HITS[0])[1] is results[0][1]  # and it is cached
+    assert model.batches == 1
