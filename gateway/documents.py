@@ -102,10 +102,18 @@ async def post_document(request: Request) -> JSONResponse:
     health = getattr(request.app.state, "health", None)
     if health is not None and health.nats_down():
         raise DependencyError(_STORE_DOWN)  # at once: a publish would wait out its timeout
+    wait = request.query_params.get("wait", "").lower() in _TRUE
+    # A change cannot be applied while the store is failing: waiting would only run out
+    # (504). It is accepted and applies once the store is back; say so at once.
+    held = health.store_fault() if wait and health is not None else None
     try:
-        if request.query_params.get("wait", "").lower() not in _TRUE:
+        if not wait or held:
             published = await publish_event(nc, event)
-            return JSONResponse({"event_id": published.event_id}, status_code=202)
+            body = {"event_id": published.event_id}
+            if held:
+                body |= {"outcome": "held", "doc_id": event.doc_id, "version": event.version,
+                         "reason": held}
+            return JSONResponse(body, status_code=202)
         published, outcome = await publish_and_wait(nc, event,
                                                     timeout_s=settings.wait_timeout_s)
     except TimeoutError_:

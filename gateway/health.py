@@ -145,6 +145,17 @@ class HealthProber:
         check = self.checks.get("nats")
         return check is not None and not check.ok and check.error != _NOT_CONNECTED
 
+    def store_fault(self) -> str | None:
+        """What keeps document changes from being applied now: the in-process worker's
+        store fault, or the store down at the last probe; None when nothing is known."""
+        fault = getattr(self.runtime.worker, "store_fault", None)
+        if fault:
+            return f"store fault: {fault}"
+        check = self.checks.get("chroma")
+        if check is not None and not check.ok:
+            return f"the vector store is down: {check.error or 'no answer'}"
+        return None
+
     @property
     def healthy(self) -> bool:
         """Whether no dependency is down (the tasks are judged by the caller)."""

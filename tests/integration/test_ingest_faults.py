@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from core.metrics import Metrics
@@ -21,7 +22,7 @@ from ingest.publisher import publish_event
 from ingest.registry import DocState
 from ingest.runtime import KnowledgeRuntime
 from ingest.store import Tier
-from tests.conftest import make_settings
+from tests.conftest import make_settings, run_gateway
 
 pytestmark = [
     pytest.mark.integration,
@@ -144,3 +145,37 @@ async def test_a_full_disk_holds_events_until_space_is_freed(
         while True:
             f.write(b"\0" * (1 << 20))
     await held_then_applied(rt, ballast.unlink)
+
+
+async def test_a_waiting_write_during_a_store_fault_is_accepted_and_held_at_once(
+        settings: Settings, mounts: list[Path]) -> None:
+    """``POST /v1/documents?wait=true`` while the store fails: 202 ``held`` with the
+    reason, not a wait that runs out; the change applies once the store is back."""
+    settings.wait_timeout_s = 120.0  # a wait that ran out would fail the test's timeout
+    async with run_gateway(settings) as gw, httpx.AsyncClient(base_url=gw.base_url,
+                                                             timeout=60) as client:
+        body = doc(0).model_dump(mode="json", exclude_none=True)
+        first = await client.post("/v1/documents", params={"wait": "true"}, json=body)
+        assert first.status_code == 200 and first.json()["outcome"] == "applied"
+        chroma = settings.chroma_dir
+        mount("--bind", str(chroma), str(chroma))
+        mounts.append(chroma)
+        mount("-o", "remount,ro,bind", str(chroma))
+        worker = gw.app.state.duet.runtime.worker
+        assert (await client.post("/v1/documents",
+                                  json=doc(1).model_dump(mode="json"))).status_code == 202
+        await wait_for(lambda: worker.store_fault is not None)
+        held = await client.post("/v1/documents", params={"wait": "true"},
+                                 json=doc(2).model_dump(mode="json"))
+        assert held.status_code == 202
+        assert held.json()["outcome"] == "held" and held.json()["event_id"]
+        assert held.json()["reason"].startswith("store fault: ")
+        unmount(chroma)
+        for doc_id in ("doc-1", "doc-2"):
+            for _ in range(600):
+                got = await client.get(f"/v1/documents/{doc_id}")
+                if got.status_code == 200 and got.json()["tier"] == "hot":
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"{doc_id} was not applied once the store was back")
