@@ -104,26 +104,32 @@ async def post_document(request: Request) -> JSONResponse:
         raise DependencyError(_STORE_DOWN)  # at once: a publish would wait out its timeout
     wait = request.query_params.get("wait", "").lower() in _TRUE
     # A change cannot be applied while the store is failing: waiting would only run out
-    # (504). It is accepted and applies once the store is back; say so at once.
-    held = health.store_fault() if wait and health is not None else None
+    # (504). It is accepted and applies once the store is back: say so at once, or as soon
+    # as the store fails during the wait.
+    store_fault = health.store_fault if health is not None else None
+    held = store_fault() if wait and store_fault is not None else None
     try:
         if not wait or held:
             published = await publish_event(nc, event)
-            body = {"event_id": published.event_id}
             if held:
-                body |= {"outcome": "held", "doc_id": event.doc_id, "version": event.version,
-                         "reason": held}
-            return JSONResponse(body, status_code=202)
-        published, outcome = await publish_and_wait(nc, event,
-                                                    timeout_s=settings.wait_timeout_s)
+                return _wait_response(published.event_id,
+                                      {"outcome": "held", "reason": held}, event)
+            return JSONResponse({"event_id": published.event_id}, status_code=202)
+        published, outcome = await publish_and_wait(
+            nc, event, timeout_s=settings.wait_timeout_s, held=store_fault)
     except TimeoutError_:
         raise  # published, not applied in time: 504
     except DependencyError as exc:  # NATS or JetStream down: not acknowledged, so retried
         raise DependencyError(_STORE_DOWN) from exc
-    return _wait_response(published.event_id, outcome)
+    return _wait_response(published.event_id, outcome, event)
 
 
-def _wait_response(event_id: str, result: dict[str, Any]) -> JSONResponse:
+def _wait_response(event_id: str, result: dict[str, Any], event: DocumentEvent
+                   ) -> JSONResponse:
+    if result.get("outcome") == "held":  # the store is failing: applied once it is back
+        return JSONResponse({"event_id": event_id, "outcome": "held", "doc_id": event.doc_id,
+                             "version": event.version, "reason": result.get("reason")},
+                            status_code=202)
     try:
         outcome = Outcome(result.get("outcome"))
     except ValueError:

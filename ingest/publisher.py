@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +84,14 @@ async def publish_event(nc: NATS, event: DocumentEvent, *, event_id: str | None 
 
 
 async def publish_and_wait(nc: NATS, event: DocumentEvent, *, timeout_s: float,
-                           event_id: str | None = None) -> tuple[PublishedEvent, dict[str, Any]]:
-    """Publish and wait until the worker has handled the event; returns its outcome."""
+                           event_id: str | None = None,
+                           held: Callable[[], str | None] | None = None,
+                           every_s: float = 0.25) -> tuple[PublishedEvent, dict[str, Any]]:
+    """Publish and wait until the worker has handled the event; returns its outcome.
+
+    ``held``: asked every ``every_s`` while waiting; a reason it returns (the store is
+    failing: the event waits for it) ends the wait with ``{"outcome": "held", "reason"}``.
+    """
     event_id = event_id or uuid.uuid4().hex
     _require_connected(nc)
     try:
@@ -93,11 +101,23 @@ async def publish_and_wait(nc: NATS, event: DocumentEvent, *, timeout_s: float,
                               ) from exc
     try:
         published = await publish_event(nc, event, event_id=event_id)
-        try:
-            msg = await sub.next_msg(timeout=timeout_s)
-        except Exception as exc:
-            raise TimeoutError_(f"event {event_id} not applied within {timeout_s:g}s") from exc
-        return published, json.loads(msg.data)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            step = min(left, every_s) if held is not None else left
+            try:
+                msg = await sub.next_msg(timeout=max(step, 0.001))
+                return published, json.loads(msg.data)
+            except TimeoutError as exc:  # nats-py's is one too
+                if time.monotonic() >= deadline:
+                    raise TimeoutError_(f"event {event_id} not applied within "
+                                        f"{timeout_s:g}s") from exc
+            except Exception as exc:
+                raise TimeoutError_(f"event {event_id} not applied within {timeout_s:g}s"
+                                    ) from exc
+            reason = held() if held is not None else None
+            if reason:
+                return published, {"outcome": "held", "reason": reason}
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

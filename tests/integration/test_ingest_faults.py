@@ -162,9 +162,15 @@ async def test_a_waiting_write_during_a_store_fault_is_accepted_and_held_at_once
         mounts.append(chroma)
         mount("-o", "remount,ro,bind", str(chroma))
         worker = gw.app.state.duet.runtime.worker
-        assert (await client.post("/v1/documents",
-                                  json=doc(1).model_dump(mode="json"))).status_code == 202
-        await wait_for(lambda: worker.store_fault is not None)
+        # The first write after the store broke: the worker meets the fault while the
+        # request waits, and the wait ends then.
+        assert worker.store_fault is None
+        during = await client.post("/v1/documents", params={"wait": "true"},
+                                   json=doc(1).model_dump(mode="json"))
+        assert during.status_code == 202, during.text
+        assert during.json()["outcome"] == "held" and during.json()["doc_id"] == "doc-1"
+        assert worker.store_fault is not None
+        # Once the fault is known, a waiting write is held at once.
         held = await client.post("/v1/documents", params={"wait": "true"},
                                  json=doc(2).model_dump(mode="json"))
         assert held.status_code == 202
