@@ -8,13 +8,14 @@ in time is :class:`TimeoutError_`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.errors import MaxPayloadError
@@ -28,6 +29,7 @@ __all__ = ["PublishedEvent", "encode_event", "publish_and_wait", "publish_event"
 
 #: JetStream's error code for a message over the stream's ``max_msg_size``.
 _JS_MESSAGE_TOO_LARGE = 10054
+_T = TypeVar("_T")
 #: room left for the ``Nats-Msg-Id`` header when checking against ``max_payload``.
 _HEADER_ROOM = 256
 
@@ -51,6 +53,27 @@ def _require_connected(nc: NATS) -> None:
         raise DependencyError("the document queue (NATS) is unavailable")
 
 
+async def _unless_disconnected(nc: NATS, call: Coroutine[Any, Any, _T],
+                               every_s: float = 0.05) -> _T:
+    """``call``, given up as soon as the connection is lost: an acknowledgment in flight
+    when the server went away would otherwise be awaited until its timeout (5 s). Whether
+    the server stored the event is then unknown; a retry is safe (versions are
+    idempotent)."""
+    task = asyncio.ensure_future(call)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=every_s)
+            if done:
+                return task.result()
+            if not nc.is_connected:
+                raise DependencyError("the document queue (NATS) went away during the publish")
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
 async def publish_event(nc: NATS, event: DocumentEvent, *, event_id: str | None = None,
                         timeout_s: float = 5.0) -> PublishedEvent:
     """Publish with ``Nats-Msg-Id`` = event id (JetStream de-duplicates re-sends)."""
@@ -61,9 +84,9 @@ async def publish_event(nc: NATS, event: DocumentEvent, *, event_id: str | None 
         raise PayloadTooLargeError(
             f"event of {len(payload)} bytes is over the NATS limit of {nc.max_payload} bytes")
     try:
-        ack = await nc.jetstream().publish(
+        ack = await _unless_disconnected(nc, nc.jetstream().publish(
             event_subject(event), payload, headers={"Nats-Msg-Id": event_id}, timeout=timeout_s,
-        )
+        ))
     except MaxPayloadError as exc:
         raise PayloadTooLargeError(
             f"event of {len(payload)} bytes is over the NATS limit") from exc
@@ -78,6 +101,8 @@ async def publish_event(nc: NATS, event: DocumentEvent, *, event_id: str | None 
                 "until applied events age out or its limit (DUET_DOCS_STREAM_MAX_BYTES) is "
                 "raised") from exc
         raise DependencyError(f"JetStream refused the event: {exc.description}") from exc
+    except DependencyError:
+        raise
     except Exception as exc:
         raise DependencyError(f"could not publish to JetStream: {type(exc).__name__}") from exc
     return PublishedEvent(event_id, ack.seq, bool(ack.duplicate))

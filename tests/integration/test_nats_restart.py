@@ -179,3 +179,33 @@ async def test_a_storage_fault_restarts_the_server_once_there_is_room(tmp_path: 
             await close_nats(nc)
         await asyncio.sleep(0.5)
         assert server.restarts == 1  # the old line is not read again
+
+
+async def test_a_publish_in_flight_when_the_server_dies_fails_at_once(tmp_path: Path) -> None:
+    """An acknowledgment awaited when the server goes away is not awaited until its
+    timeout: the publish fails as soon as the connection is lost (503 at the API)."""
+    from core.errors import DependencyError
+    from ingest.events import DocumentEvent
+    from ingest.publisher import publish_event
+    from ingest.worker import ensure_stream
+
+    async with EmbeddedNats(tmp_path / "nats", min_backoff_s=0.1) as server:
+        nc = await connect(server.url, name="test")
+        try:
+            await ensure_stream(nc.jetstream(), make_settings(tmp_path, server.url))
+            event = DocumentEvent.model_validate({
+                "event_type": "CREATE", "doc_id": "in-flight", "version": 1,
+                "content": "# In flight\n\nPublished while the server froze, then died.",
+                "metadata": {"title": "In flight", "acl": ["public"]}})
+            await publish_event(nc, event)  # the stream works
+            pid = server.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)  # the acknowledgment will not come
+            publish = asyncio.ensure_future(publish_event(nc, event, timeout_s=120))
+            await asyncio.sleep(0.3)
+            assert not publish.done()
+            os.kill(pid, signal.SIGKILL)  # the connection is lost while it waits
+            with pytest.raises(DependencyError, match="went away during the publish"):
+                await asyncio.wait_for(publish, 60)
+        finally:
+            await close_nats(nc)
