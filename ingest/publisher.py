@@ -70,7 +70,7 @@ async def _unless_disconnected(nc: NATS, call: Coroutine[Any, Any, _T],
     finally:
         if not task.done():
             task.cancel()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
 
