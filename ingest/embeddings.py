@@ -10,9 +10,6 @@ output and its ``tokenizer.json`` can be configured instead (``DUET_EMBEDDING_MO
 from __future__ import annotations
 
 import importlib.util
-import threading
-from collections import OrderedDict
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -20,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from core.cache import SharedLRU
 from core.errors import DependencyError
 
 __all__ = ["Embedder", "OnnxEmbedder", "default_model_paths"]
@@ -93,10 +91,7 @@ class OnnxEmbedder:
         self._batch_size = batch_size
         self.model_id = Path(model_path).parent.name + "/" + Path(model_path).name
         self.dim = int(self._session.get_outputs()[0].shape[-1])
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
-        self._inflight: dict[str, Future[np.ndarray]] = {}
+        self._recent: SharedLRU[str, np.ndarray] = SharedLRU(cache_size)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Embed texts in length-sorted batches (less padding); callers bound ``texts``."""
@@ -116,32 +111,11 @@ class OnnxEmbedder:
         Two threads asking for the same text at once (the acknowledgment and the retrieval
         agent reading one message) share one inference: the second waits for the first.
         """
-        with self._lock:
-            hit = self._cache.get(text)
-            if hit is not None:
-                self._cache.move_to_end(text)
-                return hit
-            pending = self._inflight.get(text)
-            owner = pending is None
-            if owner:
-                pending = self._inflight[text] = Future()
-        assert pending is not None
-        if not owner:
-            return pending.result()
-        try:
-            vector = self.embed([text])[0]
-            vector.setflags(write=False)
-        except BaseException as exc:
-            pending.set_exception(exc)
-            raise
-        finally:
-            with self._lock:
-                self._inflight.pop(text, None)
-        with self._lock:
-            self._cache[text] = vector
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        pending.set_result(vector)
+        return self._recent.get_or_make(text, lambda: self._embed_shared(text))
+
+    def _embed_shared(self, text: str) -> np.ndarray:
+        vector = self.embed([text])[0]
+        vector.setflags(write=False)  # shared by every caller: nobody may change it
         return vector
 
     def _run(self, encodings: list) -> np.ndarray:

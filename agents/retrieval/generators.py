@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -34,6 +31,7 @@ import numpy as np
 
 from agents.retrieval.yesno import is_yes_no, polarity, with_polarity
 from agents.text import content_words, keyword_tokens, split_sentences
+from core.cache import SharedLRU
 from ingest.embeddings import Embedder
 from ingest.kb import Hit
 
@@ -142,10 +140,7 @@ class ExtractiveGenerator:
         self.window = window
         self.max_chunks = max_chunks
         self.max_chunks_per_doc = max_chunks_per_doc
-        self._cache: OrderedDict[str, tuple[list[str], np.ndarray]] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
-        self._inflight: dict[str, Future[tuple[list[str], np.ndarray]]] = {}
+        self._sentences: SharedLRU[str, tuple[list[str], np.ndarray]] = SharedLRU(cache_size)
 
     async def stream(self, question: str, hits: Sequence[Hit], *,
                      as_of: datetime | None = None) -> AsyncIterator[str]:
@@ -244,7 +239,7 @@ class ExtractiveGenerator:
             top_doc_bonus=self.top_doc_bonus, instruction_bonus=self.instruction_bonus,
             answer_type_bonus=self.answer_type_bonus,
             window=self.window, max_chunks=self.max_chunks,
-            max_chunks_per_doc=self.max_chunks_per_doc, cache_size=self._cache_size)
+            max_chunks_per_doc=self.max_chunks_per_doc, cache_size=self._sentences.size)
 
     @property
     def _model(self) -> Embedder:
@@ -276,33 +271,11 @@ class ExtractiveGenerator:
         that miss on one chunk at once (a busy gateway answering the same article) share
         one embedding: the others wait for it.
         """
-        with self._lock:
-            cached = self._cache.get(hit.chunk_id)
-            if cached is not None:
-                self._cache.move_to_end(hit.chunk_id)
-                return cached
-            pending = self._inflight.get(hit.chunk_id)
-            owner = pending is None
-            if owner:
-                pending = self._inflight[hit.chunk_id] = Future()
-        assert pending is not None
-        if not owner:
-            return pending.result()
-        try:
-            sentences = [s for s in split_sentences(hit.text) if len(s.split()) >= 3]
-            vectors = (self._model.embed(sentences) if sentences
-                       else np.zeros((0, 1), np.float32))
-        except BaseException as exc:
-            with self._lock:
-                self._inflight.pop(hit.chunk_id, None)
-            pending.set_exception(exc)
-            raise
-        with self._lock:  # cached before it stops being in flight: no gap to miss in
-            self._cache[hit.chunk_id] = (sentences, vectors)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-            self._inflight.pop(hit.chunk_id, None)
-        pending.set_result((sentences, vectors))
+        return self._sentences.get_or_make(hit.chunk_id, lambda: self._embed_sentences(hit))
+
+    def _embed_sentences(self, hit: Hit) -> tuple[list[str], np.ndarray]:
+        sentences = [s for s in split_sentences(hit.text) if len(s.split()) >= 3]
+        vectors = self._model.embed(sentences) if sentences else np.zeros((0, 1), np.float32)
         return sentences, vectors
 
     @staticmethod
