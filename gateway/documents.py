@@ -102,34 +102,26 @@ async def post_document(request: Request) -> JSONResponse:
     health = getattr(request.app.state, "health", None)
     if health is not None and health.nats_down():
         raise DependencyError(_STORE_DOWN)  # at once: a publish would wait out its timeout
-    wait = request.query_params.get("wait", "").lower() in _TRUE
-    # A change cannot be applied while the store is failing: waiting would only run out
-    # (504). It is accepted and applies once the store is back: say so at once, or as soon
-    # as the store fails during the wait.
-    store_fault = health.store_fault if health is not None else None
-    held = store_fault() if wait and store_fault is not None else None
     try:
-        if not wait or held:
+        if request.query_params.get("wait", "").lower() not in _TRUE:
             published = await publish_event(nc, event)
-            if held:
-                return _wait_response(published.event_id,
-                                      {"outcome": "held", "reason": held}, event)
             return JSONResponse({"event_id": published.event_id}, status_code=202)
+        # A change cannot be applied while the store is failing: waiting would only run
+        # out (504). It is accepted and applies once the store is back: the wait says so
+        # as soon as a store fault is known.
         published, outcome = await publish_and_wait(
-            nc, event, timeout_s=settings.wait_timeout_s, held=store_fault)
+            nc, event, timeout_s=settings.wait_timeout_s,
+            held=health.store_fault if health is not None else None)
     except TimeoutError_:
         raise  # published, not applied in time: 504
     except DependencyError as exc:  # NATS or JetStream down: not acknowledged, so retried
         raise DependencyError(_STORE_DOWN) from exc
-    return _wait_response(published.event_id, outcome, event)
+    return _wait_response(published.event_id, outcome)
 
 
-def _wait_response(event_id: str, result: dict[str, Any], event: DocumentEvent
-                   ) -> JSONResponse:
+def _wait_response(event_id: str, result: dict[str, Any]) -> JSONResponse:
     if result.get("outcome") == "held":  # the store is failing: applied once it is back
-        return JSONResponse({"event_id": event_id, "outcome": "held", "doc_id": event.doc_id,
-                             "version": event.version, "reason": result.get("reason")},
-                            status_code=202)
+        return JSONResponse({"event_id": event_id, **result}, status_code=202)
     try:
         outcome = Outcome(result.get("outcome"))
     except ValueError:

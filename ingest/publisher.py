@@ -114,8 +114,9 @@ async def publish_and_wait(nc: NATS, event: DocumentEvent, *, timeout_s: float,
                            every_s: float = 0.25) -> tuple[PublishedEvent, dict[str, Any]]:
     """Publish and wait until the worker has handled the event; returns its outcome.
 
-    ``held``: asked every ``every_s`` while waiting; a reason it returns (the store is
-    failing: the event waits for it) ends the wait with ``{"outcome": "held", "reason"}``.
+    ``held``: asked once the event is published and then every ``every_s``; a reason it
+    returns (the store is failing: the event waits for it) ends the wait with
+    ``{"outcome": "held", "doc_id", "version", "reason"}``.
     """
     event_id = event_id or uuid.uuid4().hex
     _require_connected(nc)
@@ -128,21 +129,19 @@ async def publish_and_wait(nc: NATS, event: DocumentEvent, *, timeout_s: float,
         published = await publish_event(nc, event, event_id=event_id)
         deadline = time.monotonic() + timeout_s
         while True:
-            left = deadline - time.monotonic()
-            step = min(left, every_s) if held is not None else left
-            try:
-                msg = await sub.next_msg(timeout=max(step, 0.001))
-                return published, json.loads(msg.data)
-            except TimeoutError as exc:  # nats-py's is one too
-                if time.monotonic() >= deadline:
-                    raise TimeoutError_(f"event {event_id} not applied within "
-                                        f"{timeout_s:g}s") from exc
-            except Exception as exc:
-                raise TimeoutError_(f"event {event_id} not applied within {timeout_s:g}s"
-                                    ) from exc
             reason = held() if held is not None else None
             if reason:
-                return published, {"outcome": "held", "reason": reason}
+                return published, {"outcome": "held", "doc_id": event.doc_id,
+                                   "version": event.version, "reason": reason}
+            left = deadline - time.monotonic()
+            try:
+                msg = await sub.next_msg(timeout=max(min(left, every_s) if held else left,
+                                                     0.001))
+                return published, json.loads(msg.data)
+            except Exception as exc:  # nats-py's timeout is a TimeoutError
+                if not isinstance(exc, TimeoutError) or time.monotonic() >= deadline:
+                    raise TimeoutError_(f"event {event_id} not applied within "
+                                        f"{timeout_s:g}s") from exc
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
