@@ -7,7 +7,7 @@ import logging
 import re
 from collections.abc import Iterator
 
-__all__ = ["RedactTokens", "configure_logging", "redacted_server_logs"]
+__all__ = ["ClientFaultsAsInfo", "RedactTokens", "configure_logging", "server_log_filters"]
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -71,7 +71,7 @@ class ClientFaultsAsInfo(logging.Filter):
 
 
 @contextlib.contextmanager
-def redacted_server_logs() -> Iterator[None]:
+def server_log_filters() -> Iterator[None]:
     """While the gateway runs, no server log line shows a token from a URL, and a client's
     bad frame is no error with a stack."""
     filters = [RedactTokens(), ClientFaultsAsInfo()]

@@ -20,7 +20,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from core.logs import redacted_server_logs
+from core.logs import server_log_filters
 from core.metrics import Metrics
 from core.natsd import EmbeddedNats, redact_url, write_private
 from core.settings import CONFIGS_DIR, Settings
@@ -68,7 +68,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None,
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            stack.enter_context(redacted_server_logs())
+            stack.enter_context(server_log_filters())
             nats_url = settings.nats_url
             server: EmbeddedNats | None = None
             if not nats_url:

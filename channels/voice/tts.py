@@ -42,6 +42,7 @@ _PHRASE_START = re.compile(
     r"after|before|for|on|in|with|by|from|at|within|without|during|through|via|except|since|"
     r"once|where|although|though|is|are|was|were|will|can|cannot|may|must|should|would|"
     r"could|has|have|takes|needs)\s)", re.IGNORECASE)
+_WORD = re.compile(r"(\S+)\s+")  # a word and the whitespace after it
 # Words a spoken piece should not end on (the listener waits for what they announce).
 _WEAK_END = frozenset({
     "a", "an", "the", "of", "to", "from", "in", "on", "at", "by", "for", "with", "and",
@@ -111,13 +112,11 @@ class SentenceSplitter:
         """The end of the whitespace after the last word in ``[start, end)`` that a piece
         can end on (not a function word, not a number that names what follows)."""
         best = None
-        for space in re.finditer(r"\s+", self._buffer[:end + 1]):
-            if space.start() < start:
-                continue
-            word = self._buffer[:space.start()].rsplit(None, 1)[-1]
-            if (word.lower().strip("\"'()") not in _WEAK_END
-                    and not any(ch.isdigit() for ch in word)):
-                best = space.end()
+        for word in _WORD.finditer(self._buffer, 0, end + 1):
+            text = word.group(1)
+            if (word.end(1) >= start and text.lower().strip("\"'()") not in _WEAK_END
+                    and not any(ch.isdigit() for ch in text)):
+                best = word.end()
         return best
 
     def flush(self) -> str:

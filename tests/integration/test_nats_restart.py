@@ -13,10 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.errors import DependencyError
 from core.natsd import EmbeddedNats, close_nats, connect
 from gateway.escalations import EscalationQueue
 from gateway.events import UserMessage
 from gateway.store import INSTANCE_HEADER, SessionJournal
+from ingest.events import DocumentEvent
+from ingest.publisher import publish_event
+from ingest.worker import ensure_stream
 from tests.conftest import make_settings, run_gateway
 
 pytestmark = pytest.mark.integration
@@ -184,11 +188,6 @@ async def test_a_storage_fault_restarts_the_server_once_there_is_room(tmp_path: 
 async def test_a_publish_in_flight_when_the_server_dies_fails_at_once(tmp_path: Path) -> None:
     """An acknowledgment awaited when the server goes away is not awaited until its
     timeout: the publish fails as soon as the connection is lost (503 at the API)."""
-    from core.errors import DependencyError
-    from ingest.events import DocumentEvent
-    from ingest.publisher import publish_event
-    from ingest.worker import ensure_stream
-
     async with EmbeddedNats(tmp_path / "nats", min_backoff_s=0.1) as server:
         nc = await connect(server.url, name="test")
         try:
